@@ -1,0 +1,29 @@
+"""Wrappers for libraries that want one flat observation vector."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from envs import core
+
+
+class FlatObservation(gym.ObservationWrapper):
+    """Return observations as one ``float32`` vector (see
+    :func:`envs.core.flatten_observation` for the order; ``inf`` becomes
+    :data:`envs.core.FLAT_LIMIT`)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.observation_space
+        n_models = space["model_counts"].shape[0]
+        n_features = space["task_features"].shape[0]
+        n_actions = space["action_mask"].n
+        size = core.flat_size(n_models, n_features, n_actions)
+        self.observation_space = gym.spaces.Box(
+            -core.FLAT_LIMIT, core.FLAT_LIMIT, shape=(size,), dtype=np.float32
+        )
+
+    def observation(self, observation):
+        """Return the flat vector of one observation."""
+        return core.flatten_observation(observation)
