@@ -139,9 +139,7 @@ class TaskBank:
             raise TypeError(f"task must be an index or an id, got {task!r}")
         if isinstance(task, (int, np.integer)):
             if not 0 <= int(task) < self.n_tasks:
-                raise ValueError(
-                    f"task index {int(task)} out of range [0, {self.n_tasks})"
-                )
+                raise ValueError(f"task index {int(task)} out of range [0, {self.n_tasks})")
             return int(task)
         if isinstance(task, str):
             try:
@@ -172,16 +170,12 @@ OBS_SCALARS = (
 """Observation keys holding one float each (shape ``(1,)``)."""
 
 
-def observation_space(
-    n_models: int, n_features: int, n_actions: int
-) -> gym.spaces.Dict:
+def observation_space(n_models: int, n_features: int, n_actions: int) -> gym.spaces.Dict:
     """Return the ``Dict`` observation space of ``BudgetRoute-v0``."""
     inf = np.float32(np.inf)
 
     def box(n: int = 1, low: float = 0.0, high: float = inf) -> gym.spaces.Box:
-        return gym.spaces.Box(
-            low=np.float32(low), high=high, shape=(n,), dtype=np.float32
-        )
+        return gym.spaces.Box(low=np.float32(low), high=high, shape=(n,), dtype=np.float32)
 
     spaces = {
         "budget_left": box(),

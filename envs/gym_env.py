@@ -69,9 +69,7 @@ class BudgetRouteEnv(gym.Env):
         if isinstance(cost_penalty, bool) or not isinstance(cost_penalty, (int, float)):
             raise TypeError(f"cost_penalty must be a number, got {cost_penalty!r}")
         if not math.isfinite(cost_penalty) or cost_penalty < 0:
-            raise ValueError(
-                f"cost_penalty must be finite and >= 0, got {cost_penalty!r}"
-            )
+            raise ValueError(f"cost_penalty must be finite and >= 0, got {cost_penalty!r}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.cost_penalty = float(cost_penalty)
@@ -93,9 +91,7 @@ class BudgetRouteEnv(gym.Env):
         n_actions = m + int(self.abort_action)
         self.abort_index = m if self.abort_action else None
         self.action_space = gym.spaces.Discrete(n_actions)
-        self.observation_space = core.observation_space(
-            m, self.bank.n_features, n_actions
-        )
+        self.observation_space = core.observation_space(m, self.bank.n_features, n_actions)
         self._ep = None
 
     # ----------------------------------------------------------------- reset
@@ -250,10 +246,7 @@ class BudgetRouteEnv(gym.Env):
                     < ep.p_derail[j]
                 ):
                     ep.derailed = True
-                if (
-                    core.to_uniform(core.draw_u32(seed, t, core.SLOT_LOST))
-                    < ep.p_lost[j]
-                ):
+                if core.to_uniform(core.draw_u32(seed, t, core.SLOT_LOST)) < ep.p_lost[j]:
                     ep.lost = True
             if ok or dyn.advance_on_failure:
                 ep.k += 1
@@ -265,9 +258,7 @@ class BudgetRouteEnv(gym.Env):
             ep.progress_seen += 1
         ep.t = t + 1
 
-        info.update(
-            cost=cost, prompt_tokens=prompt, completion_tokens=completion, model=m
-        )
+        info.update(cost=cost, prompt_tokens=prompt, completion_tokens=completion, model=m)
         finished = ep.k >= ep.n_sub
         terminated = finished or (ep.lost and dyn.end_on_lost)
         self._update_mask()
@@ -304,9 +295,7 @@ class BudgetRouteEnv(gym.Env):
             )
         action = int(action)
         if not 0 <= action < self.action_space.n:
-            raise ValueError(
-                f"action must be in [0, {self.action_space.n}), got {action}"
-            )
+            raise ValueError(f"action must be in [0, {self.action_space.n}), got {action}")
         return action
 
     # ----------------------------------------------------- budget and obs
@@ -374,7 +363,9 @@ class BudgetRouteEnv(gym.Env):
         if self.render_mode != "ansi" or self._ep is None:
             return None
         ep = self._ep
-        counts = ", ".join(f"{n}={c}" for n, c in zip(self.model_names, ep.counts))
+        counts = ", ".join(
+            f"{n}={c}" for n, c in zip(self.model_names, ep.counts, strict=True)
+        )
         return (
             f"task {self.bank.ids[ep.task]} step {ep.t}/{self.horizon} "
             f"spent ${ep.spent:.4f} left ${ep.left:.4f} calls: {counts}"

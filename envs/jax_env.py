@@ -162,9 +162,7 @@ def params_from_suite(
     dyn = suite.dynamics
     b_lo, b_hi = parse_budget(budget_usd)
     c_lo, c_hi = parse_cap(expensive_cap)
-    c_lo, c_hi = (
-        min(int(c), NO_CAP) if np.isfinite(c) else NO_CAP for c in (c_lo, c_hi)
-    )
+    c_lo, c_hi = (min(int(c), NO_CAP) if np.isfinite(c) else NO_CAP for c in (c_lo, c_hi))
     f32 = lambda x: jnp.asarray(x, dtype=jnp.float32)  # noqa: E731
     return EnvParams(
         n_subgoals=jnp.asarray(bank.n_subgoals),
@@ -242,9 +240,7 @@ def reset_from_seed(
     """
     seed = jnp.asarray(seed, dtype=jnp.uint32)
     ep = core.EPISODE_STEP
-    sampled_task = (draw_u32(seed, ep, core.SLOT_TASK) % params.n_tasks).astype(
-        jnp.int32
-    )
+    sampled_task = (draw_u32(seed, ep, core.SLOT_TASK) % params.n_tasks).astype(jnp.int32)
     task = jnp.where(jnp.asarray(task) < 0, sampled_task, task).astype(jnp.int32)
 
     u = to_uniform(draw_u32(seed, ep, core.SLOT_BUDGET))
@@ -261,9 +257,7 @@ def reset_from_seed(
     sampled_cap = params.cap_low + (
         draw_u32(seed, ep, core.SLOT_CAP) % jnp.maximum(width, 1)
     ).astype(jnp.int32)
-    sampled_cap = jnp.where(
-        params.cap_low == params.cap_high, params.cap_low, sampled_cap
-    )
+    sampled_cap = jnp.where(params.cap_low == params.cap_high, params.cap_low, sampled_cap)
     cap = jnp.where(jnp.asarray(cap) < 0, sampled_cap, cap).astype(jnp.int32)
 
     zero_i = jnp.int32(0)
@@ -390,8 +384,7 @@ def step_env(
     new = state.replace(
         budget_left=budget_left,
         spent=state.spent + cost,
-        expensive_used=state.expensive_used
-        + (calls & params.capped[m]).astype(jnp.int32),
+        expensive_used=state.expensive_used + (calls & params.capped[m]).astype(jnp.int32),
         model_counts=state.model_counts + one_hot.astype(jnp.int32),
         t=t + calls.astype(jnp.int32),
         subgoal=state.subgoal + (calls & advances).astype(jnp.int32),

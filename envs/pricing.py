@@ -33,9 +33,7 @@ class ModelPrice:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(
-                f"model name must be a non-empty string, got {self.name!r}"
-            )
+            raise ValueError(f"model name must be a non-empty string, got {self.name!r}")
         for field in ("input_usd_per_mtok", "output_usd_per_mtok"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -44,8 +42,7 @@ class ModelPrice:
                 )
             if not math.isfinite(value) or value < 0:
                 raise ValueError(
-                    f"{field} of model {self.name!r} must be finite and >= 0, "
-                    f"got {value!r}"
+                    f"{field} of model {self.name!r} must be finite and >= 0, got {value!r}"
                 )
 
     def call_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -108,9 +105,7 @@ def make_pool(
         elif isinstance(entry, str):
             if entry not in PRICE_TABLE:
                 known = ", ".join(sorted(PRICE_TABLE))
-                raise ValueError(
-                    f"models[{i}]: unknown model {entry!r}; known: {known}"
-                )
+                raise ValueError(f"models[{i}]: unknown model {entry!r}; known: {known}")
             pool.append(PRICE_TABLE[entry])
         elif isinstance(entry, Mapping):
             missing = {"name", "input_usd_per_mtok", "output_usd_per_mtok"} - set(entry)
@@ -135,7 +130,7 @@ def make_pool(
     names = [p.name for p in pool]
     if len(set(names)) != len(names):
         raise ValueError(f"models: duplicate model names in {names}")
-    for a, b in zip(pool, pool[1:]):
+    for a, b in zip(pool[:-1], pool[1:], strict=True):
         if (
             b.input_usd_per_mtok < a.input_usd_per_mtok
             or b.output_usd_per_mtok < a.output_usd_per_mtok

@@ -79,9 +79,7 @@ class Suite:
     def bank(self, split: str) -> core.TaskBank:
         """Return the task bank of a split; raise on an unknown split."""
         if split not in self.banks:
-            raise ValueError(
-                f"split must be one of {sorted(self.banks)}, got {split!r}"
-            )
+            raise ValueError(f"split must be one of {sorted(self.banks)}, got {split!r}")
         return self.banks[split]
 
 
@@ -166,9 +164,7 @@ def _parse_range(value, name, integer):
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} range must be (low, high), got {value!r}")
-        low, high = (
-            _check_number(v, f"{name}[{i}]", integer) for i, v in enumerate(value)
-        )
+        low, high = (_check_number(v, f"{name}[{i}]", integer) for i, v in enumerate(value))
         if low > high:
             raise ValueError(f"{name} range has low {low!r} above high {high!r}")
         return (low, high)
