@@ -1,0 +1,1 @@
+"""Routers, baselines, the oracle and their evaluation for BudgetRoute."""

@@ -1,0 +1,154 @@
+"""Run policies for whole episodes: jitted and vmapped on the JAX twin, or step by step
+on the Gymnasium environment."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs import jax_env
+
+EPISODE_FIELDS = (
+    "success",
+    "score",
+    "reward",
+    "cost",
+    "steps",
+    "expensive_calls",
+    "model_counts",
+    "bankrupt",
+    "aborted",
+    "downgrades",
+    "overspent",
+    "budget",
+    "task",
+)
+"""Keys of the per-episode results of :func:`rollout`."""
+
+
+def episode_seeds(key: jax.Array, n: int) -> jax.Array:
+    """Return ``n`` uint32 episode seeds drawn from ``key``."""
+    return jax.random.bits(key, (n,), dtype=jnp.uint32)
+
+
+@functools.partial(jax.jit, static_argnames=("record",))
+def rollout(
+    policy,
+    params: jax_env.EnvParams,
+    tasks: jax.Array,
+    seeds: jax.Array,
+    key: jax.Array,
+    budgets: jax.Array | None = None,
+    caps: jax.Array | None = None,
+    record: bool = False,
+) -> dict:
+    """Run one episode per ``(task, seed)`` pair with ``policy``; return a dict of arrays.
+
+    ``tasks`` (B,) are task indices (``-1`` to sample), ``seeds`` (B,) uint32 episode
+    seeds, ``budgets`` (B,) USD (``nan`` to sample from ``params``) and ``caps`` (B,)
+    (``-1`` to sample). The result holds the :data:`EPISODE_FIELDS`, each of shape (B,)
+    (``model_counts`` (B, M)); with ``record`` also a ``"trajectory"`` dict of per-step
+    arrays of shape (B, H, ...): ``obs``, ``action`` (as chosen), ``model`` (as called,
+    ``-1`` for none), ``cost``, ``reward`` and ``valid`` (the step happened).
+    """
+    n = tasks.shape[0]
+    budgets = jnp.full(n, jnp.nan) if budgets is None else budgets
+    caps = jnp.full(n, -1, jnp.int32) if caps is None else caps
+    keys = jax.random.split(key, n)
+    return jax.vmap(lambda *a: _episode(policy, params, record, *a))(
+        tasks, seeds, keys, budgets, caps
+    )
+
+
+def _episode(policy, params, record, task, seed, key, budget, cap):
+    obs, state = jax_env.reset_from_seed(seed, params, task, budget, cap)
+    carry = policy.init_carry(obs)
+
+    def body(loop, step_key):
+        state, obs, carry, done, totals = loop
+        action, new_carry = policy.act(step_key, obs, carry)
+        new_obs, new_state, reward, terminated, truncated, info = jax_env.step_env(
+            state, action, params
+        )
+        live = ~done
+        keep = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda a, b: jnp.where(live, a, b), new, old
+        )
+        totals = {
+            "reward": totals["reward"] + jnp.where(live, reward, 0.0),
+            "downgrades": totals["downgrades"] + (live & info["downgraded"]),
+            "success": totals["success"] | (live & info["success"]),
+            "score": jnp.where(
+                live & (terminated | truncated), info["score"], totals["score"]
+            ),
+            "bankrupt": totals["bankrupt"] | (live & info["bankrupt"]),
+            "aborted": totals["aborted"] | (live & info["aborted"]),
+        }
+        step_out = {
+            "obs": obs,
+            "action": action,
+            "model": jnp.where(live, info["model"], -1),
+            "cost": jnp.where(live, info["cost"], 0.0),
+            "reward": jnp.where(live, reward, 0.0),
+            "valid": live,
+        }
+        loop = (
+            keep(new_state, state),
+            keep(new_obs, obs),
+            keep(new_carry, carry),
+            done | terminated | truncated,
+            totals,
+        )
+        return loop, (step_out if record else None)
+
+    totals = {
+        "reward": jnp.float32(0.0),
+        "downgrades": jnp.int32(0),
+        "success": jnp.bool_(False),
+        "score": jnp.float32(0.0),
+        "bankrupt": jnp.bool_(False),
+        "aborted": jnp.bool_(False),
+    }
+    step_keys = jax.random.split(key, params.horizon)
+    init = (state, obs, carry, jnp.bool_(False), totals)
+    (state, _, _, _, totals), traj = jax.lax.scan(body, init, step_keys)
+    out = dict(totals)
+    out.update(
+        cost=state.spent,
+        steps=state.t,
+        expensive_calls=state.expensive_used,
+        model_counts=state.model_counts,
+        overspent=state.spent > state.budget,
+        budget=state.budget,
+        task=state.task,
+    )
+    if record:
+        out["trajectory"] = traj
+    return out
+
+
+def run_gym_episode(env, policy, seed: int, key: jax.Array, options: dict | None = None):
+    """Run ``policy`` for one episode of a Gymnasium ``BudgetRoute`` env; return
+    ``(total_reward, total_cost_usd, last_info)``."""
+    obs, _ = env.reset(seed=seed, options=options)
+    carry = policy.init_carry(jax.tree.map(jnp.asarray, obs))
+    total_reward = total_cost = 0.0
+    while True:
+        key, step_key = jax.random.split(key)
+        action, carry = _act(policy, step_key, jax.tree.map(jnp.asarray, obs), carry)
+        obs, reward, terminated, truncated, info = env.step(int(action))
+        total_reward += reward
+        total_cost += info["cost"]
+        if terminated or truncated:
+            return total_reward, total_cost, info
+
+
+_act = jax.jit(lambda policy, key, obs, carry: policy.act(key, obs, carry))
+
+
+def to_numpy(tree) -> dict:
+    """Return a pytree of device arrays as numpy arrays."""
+    return jax.tree.map(np.asarray, tree)
