@@ -321,27 +321,41 @@ class BudgetRouteEnv(gym.Env):
         ep.mask = mask
 
     def _mask_array(self):
-        return np.array(self._ep.mask, dtype=np.int8)
+        return np.array(self._ep.mask, np.int8)
 
     def _observation(self):
+        # One float32 buffer per step, handed out as views: cheaper than one array a key.
         ep = self._ep
-        budget = ep.budget
-        calls_left = ep.cap - ep.expensive_used
+        budget, m = ep.budget, self.n_models
+        fraction = ep.left / budget if 0 < budget < math.inf else float(budget > 0)
+        values = np.array(
+            [
+                ep.left,
+                fraction,
+                ep.spent,
+                ep.cap - ep.expensive_used,
+                ep.t,
+                self.horizon - ep.t,
+                ep.errors,
+                ep.progress_seen,
+                *ep.worst,
+                *ep.counts,
+            ],
+            _F32,
+        )
         return {
-            "budget_left": np.array([ep.left], _F32),
-            "budget_fraction": np.array(
-                [ep.left / budget if 0 < budget < math.inf else float(budget > 0)], _F32
-            ),
-            "spent": np.array([ep.spent], _F32),
-            "expensive_calls_left": np.array([calls_left], _F32),
-            "step": np.array([ep.t], _F32),
-            "steps_left": np.array([self.horizon - ep.t], _F32),
-            "next_call_cost": np.array(ep.worst, _F32),
+            "budget_left": values[0:1],
+            "budget_fraction": values[1:2],
+            "spent": values[2:3],
+            "expensive_calls_left": values[3:4],
+            "step": values[4:5],
+            "steps_left": values[5:6],
+            "next_call_cost": values[8 : 8 + m],
             "task_features": ep.features.copy(),
             "feedback": ep.feedback,
-            "model_counts": np.array(ep.counts, _F32),
-            "error_count": np.array([ep.errors], _F32),
-            "progress_count": np.array([ep.progress_seen], _F32),
+            "model_counts": values[8 + m :],
+            "error_count": values[6:7],
+            "progress_count": values[7:8],
             "action_mask": np.array(ep.mask, np.int8),
         }
 

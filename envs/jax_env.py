@@ -221,8 +221,22 @@ def to_uniform(bits: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------- reset
 def reset(key: jax.Array, params: EnvParams) -> tuple[dict, EnvState]:
     """Start an episode from a PRNG key; return ``(observation, state)``."""
-    seed = jax.random.bits(key, dtype=jnp.uint32)
-    return reset_from_seed(seed, params)
+    return reset_from_seed(key_to_seed(key), params)
+
+
+def key_to_seed(key: jax.Array) -> jax.Array:
+    """Return the uint32 episode seed of a PRNG key (a hash of its key data).
+
+    Hashing the key's words is much cheaper than drawing from it, which matters when
+    every vmapped step prepares an auto-reset.
+    """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    words = jnp.asarray(key, jnp.uint32).reshape(-1)
+    seed = jnp.uint32(0x85EBCA6B)
+    for i in range(words.shape[0]):
+        seed = mix32(seed ^ (words[i] + jnp.uint32(i)))
+    return seed
 
 
 def reset_from_seed(
@@ -239,6 +253,11 @@ def reset_from_seed(
     The same seed gives the same episode as ``BudgetRouteEnv`` with that episode seed.
     """
     seed = jnp.asarray(seed, dtype=jnp.uint32)
+    state = _reset_state(seed, params, task, budget, cap)
+    return get_obs(state, params), state
+
+
+def _reset_state(seed, params, task=-1, budget=jnp.nan, cap=-1) -> EnvState:
     ep = core.EPISODE_STEP
     sampled_task = (draw_u32(seed, ep, core.SLOT_TASK) % params.n_tasks).astype(jnp.int32)
     task = jnp.where(jnp.asarray(task) < 0, sampled_task, task).astype(jnp.int32)
@@ -246,9 +265,7 @@ def reset_from_seed(
     u = to_uniform(draw_u32(seed, ep, core.SLOT_BUDGET))
     span = params.budget_high - params.budget_low
     sampled_budget = jnp.where(
-        span > 0,
-        params.budget_low + u * jnp.where(span > 0, span, 0),
-        params.budget_low,
+        span > 0, params.budget_low + u * jnp.where(span > 0, span, 0), params.budget_low
     )
     budget = jnp.asarray(budget, jnp.float32)
     budget = jnp.where(jnp.isnan(budget), sampled_budget, budget)
@@ -261,7 +278,7 @@ def reset_from_seed(
     cap = jnp.where(jnp.asarray(cap) < 0, sampled_cap, cap).astype(jnp.int32)
 
     zero_i = jnp.int32(0)
-    state = EnvState(
+    return EnvState(
         seed=seed,
         task=task,
         budget=budget,
@@ -279,7 +296,6 @@ def reset_from_seed(
         progress_count=zero_i,
         feedback=jnp.int32(core.FEEDBACK_NONE),
     )
-    return get_obs(state, params), state
 
 
 # ---------------------------------------------------------------- budget mask
@@ -434,13 +450,12 @@ def step(
     key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
 ) -> tuple[dict, EnvState, jax.Array, jax.Array, jax.Array, dict]:
     """Make one call and auto-reset an ended episode (see the module docstring)."""
-    obs, state, reward, terminated, truncated, info = step_env(state, action, params)
+    final_obs, state, reward, terminated, truncated, info = step_env(state, action, params)
     done = terminated | truncated
-    obs_reset, state_reset = reset(key, params)
-    info["final_observation"] = obs
+    state_reset = _reset_state(key_to_seed(key), params)
     state = jax.tree.map(lambda r, s: jnp.where(done, r, s), state_reset, state)
-    obs = jax.tree.map(lambda r, s: jnp.where(done, r, s), obs_reset, obs)
-    return obs, state, reward, terminated, truncated, info
+    info["final_observation"] = final_obs
+    return get_obs(state, params), state, reward, terminated, truncated, info
 
 
 # ---------------------------------------------------------------- observation

@@ -131,8 +131,7 @@ def make_suite(
         return synthetic_suite(suite, models, n_train, n_test, seed)
     if isinstance(suite, str):
         if suite in PRESETS:
-            key = None if models is None else tuple(_hashable(m) for m in models)
-            return _cached_preset(suite, key, n_train, n_test, seed)
+            return _cached_preset(suite, make_pool(models), n_train, n_test, seed)
         from envs import replay  # noqa: PLC0415 (optional data-backed suites)
 
         if suite in replay.REPLAY_SUITES:
@@ -140,12 +139,6 @@ def make_suite(
         known = sorted(PRESETS) + sorted(replay.REPLAY_SUITES)
         raise ValueError(f"unknown suite {suite!r}; known: {', '.join(known)}")
     raise TypeError(f"suite must be a name, SyntheticConfig or Suite, got {suite!r}")
-
-
-def _hashable(model):
-    if isinstance(model, dict):
-        return tuple(sorted(model.items()))
-    return model
 
 
 def parse_budget(value, name: str = "budget_usd"):

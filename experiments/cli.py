@@ -87,9 +87,11 @@ def format_table(rows: list[dict], columns: list[str], formats: dict | None = No
     formats = formats or {}
     cells = [[_fmt(r.get(c), formats.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: (
-        "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"
-    )  # noqa: E501, E731
+
+    def line(vals):
+        padded = (v.ljust(w) for v, w in zip(vals, widths, strict=True))
+        return "| " + " | ".join(padded) + " |"
+
     out = [line(columns), "| " + " | ".join("-" * w for w in widths) + " |"]
     out += [line(row) for row in cells]
     return "\n".join(out)
