@@ -52,7 +52,8 @@ def rollout(
     (``-1`` to sample). The result holds the :data:`EPISODE_FIELDS`, each of shape (B,)
     (``model_counts`` (B, M)); with ``record`` also a ``"trajectory"`` dict of per-step
     arrays of shape (B, H, ...): ``obs``, ``action`` (as chosen), ``model`` (as called,
-    ``-1`` for none), ``cost``, ``reward`` and ``valid`` (the step happened).
+    ``-1`` for none), ``cost``, ``reward``, ``progress`` (the call did its job: the
+    step-level label a logged agent run provides) and ``valid`` (the step happened).
     """
     n = tasks.shape[0]
     budgets = jnp.full(n, jnp.nan) if budgets is None else budgets
@@ -93,6 +94,7 @@ def _episode(policy, params, record, task, seed, key, budget, cap):
             "model": jnp.where(live, info["model"], -1),
             "cost": jnp.where(live, info["cost"], 0.0),
             "reward": jnp.where(live, reward, 0.0),
+            "progress": live & (new_state.n_correct > state.n_correct),
             "valid": live,
         }
         loop = (
