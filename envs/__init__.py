@@ -1,7 +1,7 @@
 """BudgetRoute environments: budget-aware routing of LLM agents.
 
-Importing this package registers ``BudgetRoute-v0`` (the household preset) and one id per
-preset with Gymnasium.
+Importing this package registers ``BudgetRoute-v0`` (the household preset), one id per
+synthetic preset and one per replay suite with Gymnasium.
 """
 
 from gymnasium.envs.registration import register, registry
@@ -33,6 +33,8 @@ ENV_IDS = {
     "BudgetRoute-Household-v0": {"suite": "household"},
     "BudgetRoute-Science-v0": {"suite": "science"},
     "BudgetRoute-Apps-v0": {"suite": "apps", "expensive_cap": 15},
+    "BudgetRoute-GSM8K-v0": {"suite": "gsm8k"},
+    "BudgetRoute-MMLU-v0": {"suite": "mmlu"},
 }
 """Registered ids and the keyword arguments they preset (all can be overridden)."""
 

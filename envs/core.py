@@ -86,6 +86,9 @@ class TaskBank:
     """(n, J, M) int32: most completion tokens of a call (used for worst-case cost)."""
     features: np.ndarray
     """(n, F) float32: what the router reads in the task instruction."""
+    step_features: np.ndarray
+    """(n, J, S) float32: what the router reads in the prompt of the call at each subgoal
+    (or item), before the call is made."""
     latent: dict[str, np.ndarray] = field(default_factory=dict)
     """Hidden truth kept for analysis and the oracle (never observed by a router)."""
 
@@ -110,6 +113,11 @@ class TaskBank:
                 )
         if self.prompt_tokens.shape[0] != n or self.features.shape[0] != n:
             raise ValueError("task bank prompt_tokens and features need one row a task")
+        if self.step_features.ndim != 3 or self.step_features.shape[:2] != (n, j):
+            raise ValueError(
+                f"task bank field step_features has shape {self.step_features.shape}, "
+                f"expected ({n}, {j}, S)"
+            )
         if np.any(self.completion_lo > self.completion_hi):
             raise ValueError("task bank completion_lo exceeds completion_hi")
 
@@ -132,6 +140,11 @@ class TaskBank:
     def n_features(self) -> int:
         """Return the number of task features."""
         return int(self.features.shape[1])
+
+    @property
+    def n_step_features(self) -> int:
+        """Return the number of per-step features."""
+        return int(self.step_features.shape[2])
 
     def index_of(self, task: int | str) -> int:
         """Return the index of a task given as an index or an id; raise if unknown."""
@@ -170,7 +183,9 @@ OBS_SCALARS = (
 """Observation keys holding one float each (shape ``(1,)``)."""
 
 
-def observation_space(n_models: int, n_features: int, n_actions: int) -> gym.spaces.Dict:
+def observation_space(
+    n_models: int, n_features: int, n_actions: int, n_step_features: int
+) -> gym.spaces.Dict:
     """Return the ``Dict`` observation space of ``BudgetRoute-v0``."""
     inf = np.float32(np.inf)
 
@@ -186,6 +201,7 @@ def observation_space(n_models: int, n_features: int, n_actions: int) -> gym.spa
         "steps_left": box(),
         "next_call_cost": box(n_models),
         "task_features": box(n_features, low=-inf),
+        "step_features": box(n_step_features, low=-inf),
         "feedback": gym.spaces.Discrete(N_FEEDBACK),
         "model_counts": box(n_models),
         "error_count": box(),
@@ -199,20 +215,28 @@ FLAT_LIMIT = 1e3
 """Unlimited budgets and caps (``inf``) appear as this value in flat observations."""
 
 
-def flat_size(n_models: int, n_features: int, n_actions: int) -> int:
+def flat_size(n_models: int, n_features: int, n_actions: int, n_step_features: int) -> int:
     """Return the length of a flat observation vector."""
-    return len(OBS_SCALARS) + 2 * n_models + n_features + N_FEEDBACK + n_actions
+    return (
+        len(OBS_SCALARS)
+        + 2 * n_models
+        + n_features
+        + n_step_features
+        + N_FEEDBACK
+        + n_actions
+    )
 
 
 def flatten_observation(obs, xp=np):
     """Return the observation as one float32 vector (works on numpy or jax arrays).
 
     Order: the scalar fields of :data:`OBS_SCALARS`, ``next_call_cost``,
-    ``task_features``, ``feedback`` one-hot, ``model_counts``, ``action_mask``. Infinite
-    values (no budget, no cap) become :data:`FLAT_LIMIT`. Leading batch axes are kept.
+    ``task_features``, ``step_features``, ``feedback`` one-hot, ``model_counts``,
+    ``action_mask``. Infinite values (no budget, no cap) become :data:`FLAT_LIMIT`.
+    Leading batch axes are kept.
     """
     parts = [obs[k] for k in OBS_SCALARS]
-    parts += [obs["next_call_cost"], obs["task_features"]]
+    parts += [obs["next_call_cost"], obs["task_features"], obs["step_features"]]
     fb = xp.asarray(obs["feedback"])[..., None] == xp.arange(N_FEEDBACK)
     parts += [fb.astype(xp.float32), obs["model_counts"]]
     parts += [xp.asarray(obs["action_mask"]).astype(xp.float32)]

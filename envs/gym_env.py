@@ -40,7 +40,10 @@ class BudgetRouteEnv(gym.Env):
             without further cost.
         strict: raise on an action outside the mask instead of downgrading it to the
             most capable affordable model.
-        n_train, n_test, suite_seed: size and seed of the generated task banks.
+        n_train, n_test, suite_seed: size and seed of the generated task banks (the
+            seed also splits and groups a replay suite's items).
+        suite_kwargs: options of a replay suite, see :func:`envs.replay.replay_suite`
+            (``session_items``, ``success_rule``, ``history``, ``data_dir``...).
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -59,9 +62,10 @@ class BudgetRouteEnv(gym.Env):
         n_train: int = 4096,
         n_test: int = 2048,
         suite_seed: int = 0,
+        suite_kwargs: dict | None = None,
         render_mode: str | None = None,
     ):
-        self.suite = make_suite(suite, models, n_train, n_test, suite_seed)
+        self.suite = make_suite(suite, models, n_train, n_test, suite_seed, suite_kwargs)
         self.bank = self.suite.bank(split)
         self.split = split
         self.budget_range = parse_budget(budget_usd)
@@ -91,7 +95,9 @@ class BudgetRouteEnv(gym.Env):
         n_actions = m + int(self.abort_action)
         self.abort_index = m if self.abort_action else None
         self.action_space = gym.spaces.Discrete(n_actions)
-        self.observation_space = core.observation_space(m, self.bank.n_features, n_actions)
+        self.observation_space = core.observation_space(
+            m, self.bank.n_features, n_actions, self.bank.n_step_features
+        )
         self._ep = None
 
     # ----------------------------------------------------------------- reset
@@ -137,6 +143,7 @@ class BudgetRouteEnv(gym.Env):
         ep.comp_lo = b.completion_lo[task].tolist()
         ep.comp_hi = b.completion_hi[task].tolist()
         ep.features = b.features[task].copy()
+        ep.step_features = b.step_features[task]
         ep.budget = float(budget)
         ep.left = float(budget)
         ep.cap = cap
@@ -274,7 +281,8 @@ class BudgetRouteEnv(gym.Env):
         if done:
             ep.done = True
             finished = ep.k >= ep.n_sub
-            success = finished and not ep.lost
+            # Success: every subgoal (item) done right; the share rule scores the rest
+            success = finished and not ep.lost and ep.n_correct >= ep.n_sub
             info["success"] = success
             if self._dyn.success_rule == core.SUCCESS_SHARE:
                 info["score"] = ep.n_correct / ep.n_sub
@@ -352,6 +360,7 @@ class BudgetRouteEnv(gym.Env):
             "steps_left": values[5:6],
             "next_call_cost": values[8 : 8 + m],
             "task_features": ep.features.copy(),
+            "step_features": ep.step_features[min(ep.k, ep.n_sub - 1)].copy(),
             "feedback": ep.feedback,
             "model_counts": values[8 + m :],
             "error_count": values[6:7],
@@ -424,7 +433,7 @@ class _Episode:
 
     __slots__ = (
         "seed", "task", "n_sub", "p_success", "p_derail", "p_lost", "prompt",
-        "comp_lo", "comp_hi", "features", "budget", "left", "spent", "cap",
+        "comp_lo", "comp_hi", "features", "step_features", "budget", "left", "spent", "cap",
         "expensive_used", "counts", "t", "k", "derailed", "lost", "n_correct",
         "errors", "progress_seen", "feedback", "mask", "worst", "any_affordable",
         "done",

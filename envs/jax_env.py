@@ -45,6 +45,7 @@ class EnvParams:
     completion_lo: jax.Array
     completion_hi: jax.Array
     features: jax.Array
+    step_features: jax.Array
     # Models
     price_in: jax.Array
     """(M,) USD per prompt token."""
@@ -134,9 +135,10 @@ def make_params(
     n_train: int = 4096,
     n_test: int = 2048,
     suite_seed: int = 0,
+    suite_kwargs: dict | None = None,
 ) -> EnvParams:
     """Return the parameters of the twin for the same arguments as ``BudgetRouteEnv``."""
-    suite = make_suite(suite, models, n_train, n_test, suite_seed)
+    suite = make_suite(suite, models, n_train, n_test, suite_seed, suite_kwargs)
     return params_from_suite(
         suite,
         split,
@@ -173,6 +175,7 @@ def params_from_suite(
         completion_lo=jnp.asarray(bank.completion_lo),
         completion_hi=jnp.asarray(bank.completion_hi),
         features=f32(bank.features),
+        step_features=f32(bank.step_features),
         price_in=f32([p.input_usd_per_mtok / 1e6 for p in suite.models]),
         price_out=f32([p.output_usd_per_mtok / 1e6 for p in suite.models]),
         capped=jnp.asarray(capped_mask(suite.n_models, capped_models)),
@@ -425,7 +428,7 @@ def step_env(
     truncated = ~terminated & (new.t >= params.horizon)
     done = terminated | truncated
 
-    success = done & finished & ~new.lost
+    success = done & finished & ~new.lost & (new.n_correct >= n_sub)
     score = new.n_correct.astype(jnp.float32) / n_sub.astype(jnp.float32)
     terminal = jnp.where(
         params.success_rule == core.SUCCESS_SHARE, score, success.astype(jnp.float32)
@@ -482,6 +485,9 @@ def get_obs(state: EnvState, params: EnvParams) -> dict:
         "steps_left": f32(params.horizon - state.t),
         "next_call_cost": next_call_cost(state, params),
         "task_features": params.features[state.task],
+        "step_features": params.step_features[
+            state.task, jnp.minimum(state.subgoal, params.n_subgoals[state.task] - 1)
+        ],
         "feedback": state.feedback,
         "model_counts": state.model_counts.astype(jnp.float32),
         "error_count": f32(state.error_count),

@@ -63,10 +63,11 @@ correctness), one row an item (:func:`featurize`):
 * ``source=<name>``: one-hot of the item's source (sources sorted by name).
 
 A task's ``features`` (fixed for the episode) are its first item's features followed by
-the session's mean of the ``text_*`` components and of ``log_prompt_tokens``; the
-features of every item of the session are in ``bank.latent["item_features"]`` (shape
-``(n, K, F_item)``, zeros after the session's last item) and the table row of each
-item in ``bank.latent["item_index"]`` (``-1`` after the last item).
+the session's mean of the ``text_*`` components and of ``log_prompt_tokens``. The
+router sees the current item's own features before each call as ``step_features``
+(``bank.step_features``, shape ``(n, K, F_item)``, zeros after the session's last
+item); the table row of each item is in ``bank.latent["item_index"]`` (``-1`` after the
+last item).
 
 **Split and sessions.** Items are split into training and test items once, by a
 fixed seed and within each source (default 80/20; a source of two items or more has at
@@ -1207,10 +1208,8 @@ def _bank(prepared, config, split, index, correct, prompt, completion, answer):
         completion_lo=comp,
         completion_hi=comp.copy(),
         features=features.astype(np.float32),
-        latent={
-            "item_features": item_features.astype(np.float32),
-            "item_index": index.astype(np.int32),
-        },
+        step_features=item_features.astype(np.float32),
+        latent={"item_index": index.astype(np.int32)},
     )
 
 

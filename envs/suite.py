@@ -120,22 +120,37 @@ def make_suite(
     n_train: int = DEFAULT_TRAIN_TASKS,
     n_test: int = DEFAULT_TEST_TASKS,
     seed: int = 0,
+    suite_kwargs: dict | None = None,
 ) -> Suite:
-    """Return a suite given as a preset name, a generator config or a ready suite."""
+    """Return a suite given as a preset name, a generator config or a ready suite.
+
+    ``suite_kwargs`` go to :func:`envs.replay.replay_suite` for replay suites (session
+    length, success rule, data folder...); synthetic suites take none.
+    """
     if isinstance(suite, Suite):
+        if suite_kwargs:
+            raise ValueError("suite_kwargs apply to suites given by name only")
         return suite
     for name, value in (("n_train", n_train), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(suite, SyntheticConfig):
+        if suite_kwargs:
+            raise ValueError("suite_kwargs apply to replay suites only")
         return synthetic_suite(suite, models, n_train, n_test, seed)
     if isinstance(suite, str):
         if suite in PRESETS:
+            if suite_kwargs:
+                raise ValueError(
+                    f"suite_kwargs {sorted(suite_kwargs)} apply to replay suites only"
+                )
             return _cached_preset(suite, make_pool(models), n_train, n_test, seed)
         from envs import replay  # noqa: PLC0415 (optional data-backed suites)
 
         if suite in replay.REPLAY_SUITES:
-            return replay.replay_suite(suite, models=models, seed=seed)
+            return replay.replay_suite(
+                suite, models=models, seed=seed, **(suite_kwargs or {})
+            )
         known = sorted(PRESETS) + sorted(replay.REPLAY_SUITES)
         raise ValueError(f"unknown suite {suite!r}; known: {', '.join(known)}")
     raise TypeError(f"suite must be a name, SyntheticConfig or Suite, got {suite!r}")

@@ -20,7 +20,9 @@ bottlenecks and its chance of one extreme subgoal (which makes it close to intra
 
 **What the router sees** (``task_features``, fixed per task, like reading the instruction):
 a noisy length hint, a noisy bottleneck count, a noisy difficulty hint, and for each of
-four quarters of the subgoal chain a noisy flag that a bottleneck lies there. During the
+four quarters of the subgoal chain a noisy flag that a bottleneck lies there. Before each
+call it reads a noisy hint of the current subgoal's level in the context
+(``step_features``: ``level / 3`` plus Gaussian noise of ``step_hint_noise``). During the
 episode it sees noisy feedback (progress / nothing / error) and its own counts. **What
 stays hidden**: the subgoal levels, the current subgoal, derailed and lost states, and
 ``z``; those are kept in :attr:`TaskBank.latent` for analysis and the oracle only.
@@ -96,6 +98,9 @@ class SyntheticConfig:
     """Chance that a call without progress shows ``PROGRESS`` anyway."""
     feature_noise: float = 0.15
     """Standard deviation of the noise on the task features."""
+    step_hint_noise: float = 0.3
+    """Standard deviation of the noise on the step hint (the current subgoal's level
+    divided by 3, read from the context before each call)."""
     prefix_tokens: int = 900
     """Mean tokens of the first prompt (system prompt, instruction, examples)."""
     step_tokens: int = 120
@@ -144,8 +149,10 @@ class SyntheticConfig:
             self.feedback_error_derailed + self.feedback_false_progress > 1
         ):
             raise ValueError("feedback_error_* + feedback_false_progress must be <= 1")
-        if not np.isfinite(self.feature_noise) or self.feature_noise < 0:
-            raise ValueError(f"feature_noise must be >= 0, got {self.feature_noise!r}")
+        for name in ("feature_noise", "step_hint_noise"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
         if len(self.completion_tokens) != 2 or any(
             not 0 < lo <= hi for lo, hi in self.completion_tokens
         ):
@@ -257,6 +264,10 @@ def generate_tasks(
         axis=1,
     )
 
+    # What the context of each call tells the router about the subgoal at hand
+    step_hint = level / 3 + config.step_hint_noise * rng.normal(size=(n_tasks, J))
+    step_hint = np.where(valid, step_hint, 0.0)
+
     return TaskBank(
         ids=tuple(f"{config.name}-{split}-{i:05d}" for i in range(n_tasks)),
         n_subgoals=n_sub.astype(np.int32),
@@ -267,6 +278,7 @@ def generate_tasks(
         completion_lo=np.ascontiguousarray(comp_lo, dtype=np.int32),
         completion_hi=np.ascontiguousarray(comp_hi, dtype=np.int32),
         features=features.astype(np.float32),
+        step_features=step_hint[..., None].astype(np.float32),
         latent={"difficulty": z.astype(np.float32), "level": level.astype(np.int8)},
     )
 

@@ -19,7 +19,8 @@ class FlatObservation(gym.ObservationWrapper):
         n_models = space["model_counts"].shape[0]
         n_features = space["task_features"].shape[0]
         n_actions = space["action_mask"].n
-        size = core.flat_size(n_models, n_features, n_actions)
+        n_step = space["step_features"].shape[0]
+        size = core.flat_size(n_models, n_features, n_actions, n_step)
         self.observation_space = gym.spaces.Box(
             -core.FLAT_LIMIT, core.FLAT_LIMIT, shape=(size,), dtype=np.float32
         )

@@ -431,7 +431,7 @@ def test_features_hold_first_item_and_session_means(fixture_suite, cache_dir):
     f_item = items.shape[1]
     assert f_item == replay.TEXT_FEATURES + 1 + 2
     assert prepared.feature_names[-2:] == ("source=anatomy", "source=astronomy")
-    np.testing.assert_allclose(bank.latent["item_features"], items[index])
+    np.testing.assert_allclose(bank.step_features, items[index])
     np.testing.assert_allclose(bank.features[:, :f_item], items[index[:, 0]])
     means = items[index][..., : replay.TEXT_FEATURES + 1].mean(axis=1)
     np.testing.assert_allclose(bank.features[:, f_item:], means, rtol=1e-5, atol=1e-6)
