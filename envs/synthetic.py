@@ -17,6 +17,8 @@ subgoal's difficulty and the agent's state:
 Subgoal levels are ``0`` routine, ``1`` moderate, ``2`` bottleneck and ``3`` extreme.
 Most subgoals are routine; a task's latent difficulty ``z ~ U(0, 1)`` raises its share of
 bottlenecks and its chance of one extreme subgoal (which makes it close to intractable).
+Bottlenecks lie more often late in the chain (the hard part of a task tends to come
+after the set-up), so spending early is not enough.
 
 **What the router sees** (``task_features``, fixed per task, like reading the instruction):
 a noisy length hint, a noisy bottleneck count, a noisy difficulty hint, and for each of
@@ -72,6 +74,9 @@ class SyntheticConfig:
     """Mean share of subgoals that are bottlenecks (scaled by the task's difficulty)."""
     bottleneck_spread: float = 0.8
     """How much a task's latent difficulty moves its bottleneck share (0 = not at all)."""
+    bottleneck_late: float = 0.8
+    """How much later subgoals are more often bottlenecks: the share at relative position
+    ``r`` in [0, 1] is scaled by ``1 + bottleneck_late * (2 r - 1)`` (0 = uniform)."""
     extreme_rate: float = 0.12
     """Mean chance that a task has one extreme subgoal (rises with its difficulty)."""
     cheap_skill: float = 0.0
@@ -129,6 +134,7 @@ class SyntheticConfig:
             "moderate_rate",
             "bottleneck_rate",
             "bottleneck_spread",
+            "bottleneck_late",
             "extreme_rate",
             "lost_prob_derailed",
             "feedback_progress_seen",
@@ -223,9 +229,11 @@ def generate_tasks(
     share = config.bottleneck_rate * (
         1 - config.bottleneck_spread + 2 * config.bottleneck_spread * z
     )
+    rel = np.arange(J)[None, :] / np.maximum(n_sub[:, None] - 1, 1)
+    late = 1 + config.bottleneck_late * (2 * rel - 1)
     u_level, u_moderate = rng.random((n_tasks, J)), rng.random((n_tasks, J))
     level = np.where(u_moderate < config.moderate_rate, 1, 0)
-    level = np.where(u_level < share[:, None], 2, level)
+    level = np.where(u_level < share[:, None] * late, 2, level)
     has_extreme = rng.random(n_tasks) < np.clip(config.extreme_rate * 2 * z, 0, 1)
     extreme_at = np.floor(rng.random(n_tasks) * n_sub).astype(int)
     level[np.arange(n_tasks)[has_extreme], extreme_at[has_extreme]] = 3
@@ -287,20 +295,27 @@ PRESETS: dict[str, SyntheticConfig] = {
     # Household instruction following (ALFWorld-like): ~900 starting context tokens,
     # a 50-step cap.
     "household": SyntheticConfig(
-        name="household", cheap_skill=0.10, expensive_skill=1.77, extreme_rate=0.16
+        name="household",
+        min_subgoals=10,
+        max_subgoals=24,
+        bottleneck_rate=0.09,
+        cheap_skill=0.15,
+        expensive_skill=1.73,
+        extreme_rate=0.16,
     ),
     # Science experiments (ScienceWorld-like): ~2,800 starting context tokens, long
     # horizons and more subgoals.
     "science": SyntheticConfig(
         name="science",
         horizon=80,
-        min_subgoals=10,
-        max_subgoals=22,
+        min_subgoals=16,
+        max_subgoals=36,
+        bottleneck_rate=0.07,
         prefix_tokens=2800,
         step_tokens=180,
         completion_tokens=((80, 260), (60, 200)),
-        cheap_skill=-0.03,
-        expensive_skill=1.48,
+        cheap_skill=-0.30,
+        expensive_skill=1.25,
         extreme_rate=0.16,
     ),
     # App / API workflows (AppWorld-like): long API documentation in the prompt,
@@ -308,13 +323,14 @@ PRESETS: dict[str, SyntheticConfig] = {
     "apps": SyntheticConfig(
         name="apps",
         horizon=40,
-        min_subgoals=5,
-        max_subgoals=12,
+        min_subgoals=8,
+        max_subgoals=18,
+        bottleneck_rate=0.10,
         prefix_tokens=4500,
         step_tokens=350,
         completion_tokens=((150, 500), (120, 400)),
-        cheap_skill=-1.23,
-        expensive_skill=1.03,
+        cheap_skill=-1.00,
+        expensive_skill=1.61,
         extreme_rate=0.16,
     ),
 }
