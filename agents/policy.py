@@ -113,3 +113,33 @@ class BudgetPacing:
         per_step = left / jnp.maximum(obs["steps_left"][0], 1.0)
         expensive_cost = obs["next_call_cost"][-1]
         return _expensive_or_best(obs, per_step >= self.pace * expensive_cost), carry
+
+
+@struct.dataclass
+class NetworkPolicy:
+    """A trained actor: the :class:`agents.networks.ActorCritic` parameters, their
+    normaliser, and whether to act greedily (most likely allowed action) or sample."""
+
+    params: dict
+    normalizer: object
+    network: object = struct.field(pytree_node=False)
+    greedy: bool = struct.field(pytree_node=False, default=True)
+
+    def init_carry(self, obs):
+        """Return no memory."""
+        return ()
+
+    def logits(self, obs) -> jax.Array:
+        """Return the masked action logits of an observation."""
+        from agents import networks
+
+        x = networks.normalize(self.normalizer, networks.policy_features(obs))
+        logits, _, _ = self.network.apply(self.params, x, obs["action_mask"].astype(bool))
+        return logits
+
+    def act(self, key, obs, carry):
+        """Return the greedy or a sampled allowed action."""
+        logits = self.logits(obs)
+        if self.greedy:
+            return jnp.argmax(logits).astype(jnp.int32), carry
+        return jax.random.categorical(key, logits).astype(jnp.int32), carry
