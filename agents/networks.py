@@ -46,7 +46,7 @@ NORM_CLIP = 10.0
 def n_policy_features(n_models: int, n_features: int, n_step_features: int) -> int:
     """Return the length of :func:`policy_features` for ``n_models`` models,
     ``n_features`` task features and ``n_step_features`` per-step features."""
-    return 13 + 2 * n_models + n_features + n_step_features
+    return 14 + 2 * n_models + n_features + n_step_features
 
 
 def policy_feature_names(n_models: int, n_features: int, n_step_features: int) -> list[str]:
@@ -55,7 +55,7 @@ def policy_feature_names(n_models: int, n_features: int, n_step_features: int) -
     names += [f"next_call_cost[{i}]" for i in range(n_models)]
     names += ["budget_fraction", "expensive_calls_left", "capped", "step", "steps_left"]
     names += [f"model_counts[{i}]" for i in range(n_models)]
-    names += ["error_count", "progress_count"]
+    names += ["error_count", "progress_count", "calls_since_progress"]
     names += [f"feedback[{i}]" for i in range(core.N_FEEDBACK)]
     names += [f"task_features[{i}]" for i in range(n_features)]
     names += [f"step_features[{i}]" for i in range(n_step_features)]
@@ -86,7 +86,8 @@ def policy_features(obs: dict) -> jax.Array:
     - ``expensive_calls_left`` clipped to [0, 50] and divided by 50 (``inf``: 1), then a
       0/1 flag ``capped`` that is 1 when a finite cap is in force;
     - ``step`` and ``steps_left`` divided by 100;
-    - ``model_counts``, ``error_count``, ``progress_count`` divided by 50;
+    - ``model_counts``, ``error_count``, ``progress_count``, ``calls_since_progress``
+      divided by 50;
     - ``feedback`` one-hot (4 codes);
     - ``task_features`` and ``step_features`` as they are.
 
@@ -111,6 +112,7 @@ def policy_features(obs: dict) -> jax.Array:
         f32("model_counts") / COUNT_SCALE,
         f32("error_count") / COUNT_SCALE,
         f32("progress_count") / COUNT_SCALE,
+        f32("calls_since_progress") / COUNT_SCALE,
         jax.nn.one_hot(feedback, core.N_FEEDBACK, dtype=jnp.float32),
         f32("task_features"),
         f32("step_features"),

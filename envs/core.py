@@ -179,6 +179,7 @@ OBS_SCALARS = (
     "steps_left",
     "error_count",
     "progress_count",
+    "calls_since_progress",
 )
 """Observation keys holding one float each (shape ``(1,)``)."""
 
@@ -206,6 +207,7 @@ def observation_space(
         "model_counts": box(n_models),
         "error_count": box(),
         "progress_count": box(),
+        "calls_since_progress": box(),
         "action_mask": gym.spaces.MultiBinary(n_actions),
     }
     return gym.spaces.Dict(spaces)

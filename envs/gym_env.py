@@ -261,8 +261,11 @@ class BudgetRouteEnv(gym.Env):
         ep.feedback = feedback_code(ok, ep.derailed or ep.lost, u_fb, dyn)
         if ep.feedback == core.FEEDBACK_ERROR:
             ep.errors += 1
-        elif ep.feedback == core.FEEDBACK_PROGRESS:
+        if ep.feedback == core.FEEDBACK_PROGRESS:
             ep.progress_seen += 1
+            ep.since_progress = 0
+        else:
+            ep.since_progress += 1
         ep.t = t + 1
 
         info.update(cost=cost, prompt_tokens=prompt, completion_tokens=completion, model=m)
@@ -346,6 +349,7 @@ class BudgetRouteEnv(gym.Env):
                 self.horizon - ep.t,
                 ep.errors,
                 ep.progress_seen,
+                ep.since_progress,
                 *ep.worst,
                 *ep.counts,
             ],
@@ -358,13 +362,14 @@ class BudgetRouteEnv(gym.Env):
             "expensive_calls_left": values[3:4],
             "step": values[4:5],
             "steps_left": values[5:6],
-            "next_call_cost": values[8 : 8 + m],
+            "next_call_cost": values[9 : 9 + m],
             "task_features": ep.features.copy(),
             "step_features": ep.step_features[min(ep.k, ep.n_sub - 1)].copy(),
             "feedback": ep.feedback,
-            "model_counts": values[8 + m :],
+            "model_counts": values[9 + m :],
             "error_count": values[6:7],
             "progress_count": values[7:8],
+            "calls_since_progress": values[8:9],
             "action_mask": np.array(ep.mask, np.int8),
         }
 
@@ -435,7 +440,7 @@ class _Episode:
         "seed", "task", "n_sub", "p_success", "p_derail", "p_lost", "prompt",
         "comp_lo", "comp_hi", "features", "step_features", "budget", "left", "spent", "cap",
         "expensive_used", "counts", "t", "k", "derailed", "lost", "n_correct",
-        "errors", "progress_seen", "feedback", "mask", "worst", "any_affordable",
+        "errors", "progress_seen", "since_progress", "feedback", "mask", "worst", "any_affordable",
         "done",
     )  # fmt: skip
 
@@ -443,6 +448,7 @@ class _Episode:
         self.spent = 0.0
         self.expensive_used = 0
         self.t = self.k = self.n_correct = self.errors = self.progress_seen = 0
+        self.since_progress = 0
         self.derailed = self.lost = self.done = False
         self.feedback = core.FEEDBACK_NONE
 

@@ -120,6 +120,7 @@ class EnvState:
     n_correct: jax.Array
     error_count: jax.Array
     progress_count: jax.Array
+    calls_since_progress: jax.Array
     feedback: jax.Array
 
 
@@ -297,6 +298,7 @@ def _reset_state(seed, params, task=-1, budget=jnp.nan, cap=-1) -> EnvState:
         n_correct=zero_i,
         error_count=zero_i,
         progress_count=zero_i,
+        calls_since_progress=zero_i,
         feedback=jnp.int32(core.FEEDBACK_NONE),
     )
 
@@ -414,6 +416,13 @@ def step_env(
         + (calls & (feedback == core.FEEDBACK_ERROR)).astype(jnp.int32),
         progress_count=state.progress_count
         + (calls & (feedback == core.FEEDBACK_PROGRESS)).astype(jnp.int32),
+        calls_since_progress=jnp.where(
+            calls,
+            jnp.where(
+                feedback == core.FEEDBACK_PROGRESS, 0, state.calls_since_progress + 1
+            ),
+            state.calls_since_progress,
+        ),
         feedback=feedback.astype(jnp.int32),
     )
 
@@ -492,5 +501,6 @@ def get_obs(state: EnvState, params: EnvParams) -> dict:
         "model_counts": state.model_counts.astype(jnp.float32),
         "error_count": f32(state.error_count),
         "progress_count": f32(state.progress_count),
+        "calls_since_progress": f32(state.calls_since_progress),
         "action_mask": action_mask(state, params).astype(jnp.int8),
     }

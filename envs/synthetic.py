@@ -93,13 +93,13 @@ class SyntheticConfig:
     """Difficulty of recovering from a derailment (logit scale)."""
     lost_prob_derailed: float = 0.06
     """Chance that a call which fails to recover loses the task for good."""
-    feedback_progress_seen: float = 0.85
+    feedback_progress_seen: float = 0.9
     """Chance that real progress shows as ``PROGRESS`` feedback."""
-    feedback_error_on_failure: float = 0.45
+    feedback_error_on_failure: float = 0.5
     """Chance that a failed on-track call shows an ``ERROR``."""
-    feedback_error_derailed: float = 0.7
+    feedback_error_derailed: float = 0.8
     """Chance that a call while derailed or lost shows an ``ERROR``."""
-    feedback_false_progress: float = 0.05
+    feedback_false_progress: float = 0.03
     """Chance that a call without progress shows ``PROGRESS`` anyway."""
     feature_noise: float = 0.15
     """Standard deviation of the noise on the task features."""

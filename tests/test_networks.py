@@ -156,11 +156,30 @@ def test_feature_values_of_a_handmade_observation():
         "model_counts": np.array([25.0, 0.0], np.float32),
         "error_count": np.array([5.0], np.float32),
         "progress_count": np.array([0.0], np.float32),
+        "calls_since_progress": np.array([10.0], np.float32),
         "action_mask": np.array([1, 0], np.int8),
     }
     f = np.asarray(networks.policy_features(obs))
     expected = [0.0, networks.MONEY_INF_FEATURE, np.log(2.0), networks.MONEY_INF_FEATURE]
-    expected += [0.0, 1.0, 1.0, 0.5, 0.0, 0.5, 0.0, 0.1, 0.0, 0, 0, 0, 1, -2.0, 0.3, 0.7]
+    expected += [
+        0.0,
+        1.0,
+        1.0,
+        0.5,
+        0.0,
+        0.5,
+        0.0,
+        0.1,
+        0.0,
+        0.2,
+        0,
+        0,
+        0,
+        1,
+        -2.0,
+        0.3,
+        0.7,
+    ]
     np.testing.assert_allclose(f, expected, rtol=1e-6, atol=1e-7)
 
 
