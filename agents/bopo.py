@@ -98,9 +98,11 @@ class BoPOConfig:
 
 
 class BoPOState(train_state.TrainState):
-    """Training state: parameters, optimiser state and the (frozen) normaliser."""
+    """Training state: parameters, optimiser state, the (frozen) normaliser and the
+    number of updates done."""
 
     normalizer: networks.RunningNormalizer
+    updates_done: jax.Array
 
 
 def task_rewards(
@@ -174,7 +176,13 @@ def make_train(
     init_params: dict,
     normalizer: networks.RunningNormalizer,
 ) -> Callable:
-    """Return a pure ``train(rng, lam) -> (state, metrics)``.
+    """Return a pure ``train(rng, lam, state=None, n_updates=config.updates)``.
+
+    ``train`` returns ``(state, metrics)``. Update ``u`` draws from
+    ``fold_in(rng, u)`` and the state counts its updates (``state.step`` counts
+    gradient steps; ``updates_done`` updates), so training resumed from a saved state
+    for the remaining updates ends exactly where an uninterrupted run does. With
+    ``state=None`` it starts from ``init_params``; ``n_updates`` is static under ``jit``.
 
     ``params`` are the twin's training-split parameters; ``train_tasks`` (n,) the task
     indices of the boundary store with their ``reference`` arrays (n,) and ``classes``
@@ -222,13 +230,21 @@ def make_train(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train(rng, lam):
-        lam = jnp.asarray(lam, jnp.float32)
-        state = BoPOState.create(
-            apply_fn=network.apply, params=init_params, tx=tx, normalizer=normalizer
+    def init_state():
+        return BoPOState.create(
+            apply_fn=network.apply,
+            params=init_params,
+            tx=tx,
+            normalizer=normalizer,
+            updates_done=jnp.int32(0),
         )
 
-        def _update(state, key):
+    def train(rng, lam, state=None, n_updates=config.updates):
+        lam = jnp.asarray(lam, jnp.float32)
+        state = init_state() if state is None else state
+
+        def _update(state, _):
+            key = jax.random.fold_in(rng, state.updates_done)
             k_task, k_seed, k_roll, k_perm = jax.random.split(key, 4)
 
             # Sample tasks, roll out a group of the current policy on each
@@ -293,9 +309,9 @@ def make_train(
                 "kl": kl.mean(),
                 "clip_fraction": clip_frac.mean(),
             }
-            return state, metrics
+            return state.replace(updates_done=state.updates_done + 1), metrics
 
-        keys = jax.random.split(rng, config.updates)
-        return jax.lax.scan(_update, state, keys)
+        return jax.lax.scan(_update, state, None, length=n_updates)
 
+    train.init_state = init_state
     return train
