@@ -18,9 +18,9 @@ ablation) ``cost_rel = C / c_ref`` with one global ``c_ref``, the mean always-ex
 cost over the training tasks, and there is no Hard bonus.
 
 **Reference-guided advantage.** The boundary references get rewards from the same
-formula with their mean success and cost (``cost_rel`` 0 and 1 for cheap and
-expensive). The group baseline and scale are taken over the ``G`` rollouts *and* the
-two references::
+formula with their mean success and cost (``cost_rel`` is 0 for the cheap one, and 1
+for the expensive one unless its span is the ``eps`` floor). The group baseline and
+scale are taken over the ``G`` rollouts *and* the two references::
 
     pool = {R_1, ..., R_G, R_cheap, R_expensive}
     A_g  = (R_g - mean(pool)) / (std(pool) + adv_eps)

@@ -58,13 +58,14 @@ class RecipeConfig:
     boundary_runs: int = _field(5, "Runs of each boundary policy per training task.")
     min_successes: int = _field(3, "Successful boundary runs a task needs to count.")
     n_strata: int = _field(10, "Strata of the expensive-call probability in synthesis.")
+    rollouts_per_stratum: int = _field(4, "Mixed rollouts per stratum and Hard task.")
     hidden_sizes: tuple[int, ...] = _field((64, 64), "Hidden widths of each tower.")
     bc_epochs: int = _field(10, "Behaviour-cloning epochs.")
     bc_learning_rate: float = _field(1e-3, "Behaviour-cloning step size.")
     updates: int = _field(200, "Fine-tuning updates.")
-    tasks_per_update: int = _field(32, "Training tasks sampled per update.")
+    tasks_per_update: int = _field(64, "Training tasks sampled per update.")
     group_size: int = _field(8, "Rollouts per task and update (BoPO's group).")
-    learning_rate: float = _field(1e-3, "Fine-tuning step size.")
+    learning_rate: float = _field(5e-4, "Fine-tuning step size.")
     lams: tuple[float, ...] = _field(
         (0.05, 0.15, 0.3, 0.45, 0.6, 0.8), "Cost weights swept to trace the frontier."
     )
@@ -298,9 +299,12 @@ class Recipe:
             "warm start", bc_state.params, bc_state.normalizer, network, episodes, ref
         )
 
-        # The fine-tuned policies: one point per (seed, lam), greedy
+        # The fine-tuned policies: one point per (seed, lam), greedy, and the lam -> inf
+        # end of the sweep, where every router falls back to always-cheap
         name = "BoPO"
         tuned = MethodResult(name, "lam")
+        cheap_end = dict(results["always-cheap"].points[0], knob=None)
+        tuned.points.append(cheap_end)
         for s in range(c.seeds):
             for i, lam in enumerate(c.lams):
                 p = jax.tree.map(lambda x, s=s, i=i: x[s, i], states.params)
@@ -335,7 +339,7 @@ class Recipe:
         for method, res in results.items():
             for p in res.points:
                 self.log(
-                    f"eval method={method.replace(' ', '-')} knob={p.get('knob', 0):.4g} "
+                    f"eval method={method.replace(' ', '-')} knob={_fmt(p.get('knob'))} "
                     f"success={p['success']:.4f} mean_cost={p['mean_cost']:.5f} "
                     f"expensive_share={_fmt(p.get('expensive_share'))} "
                     f"overspends={p.get('overspends', 0)}"
@@ -345,7 +349,7 @@ class Recipe:
 
 
 def _fmt(x):
-    return "nan" if x is None else f"{x:.3f}"
+    return "none" if x is None else f"{x:.4g}"
 
 
 def _points_result(name: str, pts: dict, n: int | None = None) -> MethodResult:

@@ -5,12 +5,14 @@
    :class:`BoundaryStore` that can be saved and reloaded, so later stages train on the
    replayed boundary data instead of running it again.
 2. **Taxonomy.** Easy / Hard / Intractable per task (:mod:`agents.boundary`).
-3. **Stratified synthesis.** For each Hard task, ``N`` mixed rollouts whose per-step
-   probability of leaving the cheapest model sweeps the strata ``p = k / N``
-   (``k = 1..N``; the mixed policy calls the most expensive model with probability
-   ``p``). The cheapest successful one among them and the task's successful
-   always-expensive runs becomes the target. Easy and Intractable tasks get an
-   all-cheap trajectory (a successful one for Easy tasks when there is one).
+3. **Stratified synthesis.** For each Hard task, ``R`` mixed rollouts in each of ``N``
+   strata whose per-step probability of leaving the cheapest model sweeps
+   ``p = k / N`` (``k = 1..N``; the mixed policy calls the most expensive model with
+   probability ``p``). The cheapest successful one among them and the task's successful
+   always-expensive runs becomes the target: with more candidates, the cheapest success
+   tends to be one whose expensive calls fell where they mattered. Easy and
+   Intractable tasks get an all-cheap trajectory (a successful one for Easy tasks
+   when there is one).
 4. **Balance.** Each class (Easy, Hard, Intractable) gets the same total weight, and
    within the Hard class each stratum does (the always-expensive fallback counts as
    stratum ``N``); a trajectory's weight is spread evenly over its steps. The weights
@@ -178,12 +180,17 @@ def synthesize_sft(
     key: jax.Array,
     n_strata: int = 10,
     min_successes: int = 3,
+    rollouts_per_stratum: int = 4,
     class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> tuple[dict, dict]:
     """Return ``(dataset, report)``: the behaviour-cloning dataset (see
     :mod:`agents.bc`) and a report of the class shares and chosen strata."""
-    if n_strata < 1:
-        raise ValueError(f"n_strata must be >= 1, got {n_strata}")
+    if n_strata < 1 or rollouts_per_stratum < 1:
+        raise ValueError(
+            f"n_strata and rollouts_per_stratum must be >= 1, got {n_strata}, "
+            f"{rollouts_per_stratum}"
+        )
+    per_task = n_strata * rollouts_per_stratum
     classes = store.classes(min_successes)
     n = store.tasks.shape[0]
     hard = np.flatnonzero(classes == HARD)
@@ -192,14 +199,14 @@ def synthesize_sft(
     chosen_stratum = np.full(n, -1)
     mixed = None
     if hard.size:
-        probs = np.arange(1, n_strata + 1) / n_strata
-        tasks = jnp.asarray(np.repeat(store.tasks[hard], n_strata))
+        probs = np.repeat(np.arange(1, n_strata + 1) / n_strata, rollouts_per_stratum)
+        tasks = jnp.asarray(np.repeat(store.tasks[hard], per_task))
         k_seed, k_roll = jax.random.split(key)
         seeds = episode_seeds(k_seed, tasks.shape[0])
         policy = RandomMix(jnp.asarray(np.tile(probs, hard.size), jnp.float32))
         mixed = _rollout_per_episode_policy(policy, params, tasks, seeds, k_roll)
         mixed = jax.tree.map(
-            lambda x: np.asarray(x).reshape((hard.size, n_strata) + x.shape[1:]), mixed
+            lambda x: np.asarray(x).reshape((hard.size, per_task) + x.shape[1:]), mixed
         )
 
     # Pick one target trajectory per task
@@ -214,8 +221,8 @@ def synthesize_sft(
             best = int(np.argmin(costs))
             fallback = np.where(exp_success[row], exp_cost[row], np.inf)
             if np.isfinite(costs[best]) and costs[best] <= fallback.min():
-                picks.append(("mixed", h, best, best))
-                chosen_stratum[row] = best
+                picks.append(("mixed", h, best, best // rollouts_per_stratum))
+                chosen_stratum[row] = best // rollouts_per_stratum
             else:
                 picks.append(("expensive", row, int(np.argmin(fallback)), n_strata - 1))
                 chosen_stratum[row] = n_strata - 1
