@@ -334,6 +334,17 @@ class Recipe:
             orc = oracle.replay_oracle_points(self.test_params, tasks)
             oracle_result = _points_result("oracle", orc, n=1)
         scores = score_methods(results, oracle_result)
+        if oracle_result is not None and c.seeds > 1:
+            # One frontier per fine-tuning seed, each with the cheap end
+            for s in range(c.seeds):
+                one = MethodResult(
+                    f"{name} seed {s}",
+                    "lam",
+                    [cheap_end] + [p for p in tuned.points if p.get("seed") == s],
+                )
+                scores[one.name] = score_methods({**results, one.name: one}, oracle_result)[
+                    one.name
+                ]
         if oracle_result is not None:
             results["oracle"] = oracle_result
         for method, res in results.items():

@@ -103,7 +103,7 @@ class SyntheticConfig:
     """Chance that a call without progress shows ``PROGRESS`` anyway."""
     feature_noise: float = 0.15
     """Standard deviation of the noise on the task features."""
-    step_hint_noise: float = 0.3
+    step_hint_noise: float = 0.2
     """Standard deviation of the noise on the step hint (the current subgoal's level
     divided by 3, read from the context before each call)."""
     prefix_tokens: int = 900
