@@ -135,13 +135,25 @@ class BoundaryStore:
                 raise ValueError(f"boundary store {path} lacks {name} observations")
             trajectories[name] = {k: arrays[f"{name}/steps/{k}"] for k in _STEP_KEYS}
             trajectories[name]["obs"] = obs
-            for k, v in list(episodes[name].items()) + [
-                ("valid", trajectories[name]["valid"])
-            ]:
-                if v.shape[0] != tasks.shape[0]:
+        # Every array must line up: (tasks, runs) per episode, (tasks, runs, H) per step
+        n, runs = (
+            tasks.shape[0],
+            episodes["cheap"]["success"].ndim > 1
+            and (episodes["cheap"]["success"].shape[1]),
+        )
+        horizon = trajectories["cheap"]["valid"].shape[-1]
+        for name in ("cheap", "expensive"):
+            arrays = [(f"{name}/episodes/{k}", v, 2) for k, v in episodes[name].items()]
+            arrays += [(f"{name}/steps/{k}", trajectories[name][k], 3) for k in _STEP_KEYS]
+            arrays += [
+                (f"{name}/obs/{k}", v, 3) for k, v in trajectories[name]["obs"].items()
+            ]
+            for label, v, lead in arrays:
+                want = (n, runs, horizon)[:lead]
+                if v.ndim < lead or v.shape[:lead] != want:
                     raise ValueError(
-                        f"boundary store {path}: {name} {k} has {v.shape[0]} rows for "
-                        f"{tasks.shape[0]} tasks"
+                        f"boundary store {path}: {label} has shape {v.shape}, expected "
+                        f"{want} first ({n} tasks, {runs} runs, horizon {horizon})"
                     )
         return cls(tasks, episodes, trajectories)
 
@@ -284,6 +296,7 @@ def synthesize_sft(
     return dataset, report
 
 
+@jax.jit
 def _rollout_per_episode_policy(policy, params, tasks, seeds, key):
     """Run a policy whose knob differs per episode (a batched pytree) with recording."""
     keys = jax.random.split(key, tasks.shape[0])
@@ -291,7 +304,7 @@ def _rollout_per_episode_policy(policy, params, tasks, seeds, key):
     def one(pol, task, seed, k):
         return rollout(pol, params, task[None], seed[None], k, record=True)
 
-    out = jax.jit(jax.vmap(one))(policy, tasks, seeds, keys)
+    out = jax.vmap(one)(policy, tasks, seeds, keys)
     return jax.tree.map(lambda x: x[:, 0], out)
 
 
