@@ -270,7 +270,7 @@ def summary_rows(results: dict[str, MethodResult]) -> list[dict]:
                 "relative_cost": best.get("relative_cost"),
                 "expensive_share": best.get("expensive_share"),
                 "efficiency": res.efficiency,
-                "overspends": sum(p["overspends"] for p in res.points),
+                "overspends": sum(p.get("overspends", 0) for p in res.points),
             }
         )
     return rows

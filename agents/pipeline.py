@@ -50,7 +50,7 @@ class RecipeConfig:
     SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_sizes", "lams", "seeds")
 
     suite: str = _field("household", "Synthetic preset or replay suite (gsm8k, mmlu).")
-    method: str = _field("bopo", "Fine-tuning method: bopo or ppo-lagrangian.")
+    method: str = _field("bopo", "Fine-tuning method (bopo).")
     seed: int = _field(0, "Seed of every random draw of the run.")
     n_train_tasks: int = _field(3000, "Training tasks (boundary rollouts, fine-tuning).")
     n_test_tasks: int = _field(1024, "Held-out tasks the methods are evaluated on.")
@@ -78,6 +78,56 @@ class RecipeConfig:
     budget_usd: float | None = _field(None, "Hard budget per task in USD (none).")
     router: bool = _field(True, "Evaluate the per-step router baseline.")
     oracle: bool = _field(True, "Evaluate the oracle (sets frontier efficiency).")
+
+    def __post_init__(self) -> None:
+        from envs.replay import REPLAY_SUITES
+
+        if self.suite not in PRESETS and self.suite not in REPLAY_SUITES:
+            known = ", ".join([*PRESETS, *REPLAY_SUITES])
+            raise ValueError(f"suite: unknown suite {self.suite!r}; known: {known}")
+        if self.method != "bopo":
+            raise ValueError(f"method: only 'bopo' is available, got {self.method!r}")
+        for name in (
+            "n_train_tasks", "n_test_tasks", "eval_runs", "boundary_runs", "n_strata",
+            "rollouts_per_stratum", "bc_epochs", "updates", "tasks_per_update", "seeds",
+            "chunks",
+        ):  # fmt: skip
+            _positive_int(name, getattr(self, name))
+        _positive_int("group_size", self.group_size, low=2)
+        if not 1 <= self.min_successes <= self.boundary_runs:
+            raise ValueError(
+                f"min_successes must be in [1, boundary_runs={self.boundary_runs}], "
+                f"got {self.min_successes}"
+            )
+        if not self.hidden_sizes:
+            raise ValueError("hidden_sizes needs at least one layer")
+        for i, width in enumerate(self.hidden_sizes):
+            _positive_int(f"hidden_sizes[{i}]", width)
+        if not self.lams:
+            raise ValueError("lams needs at least one cost weight")
+        for i, lam in enumerate(self.lams):
+            if not np.isfinite(lam) or lam < 0:
+                raise ValueError(f"lams[{i}] must be finite and >= 0, got {lam!r}")
+        for name in ("bc_learning_rate", "learning_rate"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        if (self.tasks_per_update * self.group_size) % BoPOConfig.minibatches:
+            raise ValueError(
+                "tasks_per_update * group_size must be a multiple of "
+                f"{BoPOConfig.minibatches} (the minibatches of an update)"
+            )
+        if self.budget_usd is not None and (
+            not np.isfinite(self.budget_usd) or self.budget_usd <= 0
+        ):
+            raise ValueError(f"budget_usd must be finite and > 0, got {self.budget_usd!r}")
+        if self.expensive_cap is not None:
+            _positive_int("expensive_cap", self.expensive_cap, low=0)
+
+
+def _positive_int(name: str, value, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def env_params(config: RecipeConfig, split: str):
@@ -143,7 +193,16 @@ class Recipe:
         path = self.out / "boundaries.npz"
         if self.resume and path.exists():
             self.log(f"stage=boundaries status=loaded path={path}")
-            return BoundaryStore.load(path)
+            store = BoundaryStore.load(path)
+            horizon = store.trajectories["cheap"]["valid"].shape[-1]
+            if store.tasks.max() >= self.train_params.n_tasks or (
+                horizon != self.train_params.horizon
+            ):
+                raise ValueError(
+                    f"boundary store {path} does not belong to suite {self.config.suite!r}"
+                    f" (tasks up to {int(store.tasks.max())}, horizon {horizon})"
+                )
+            return store
         start = time.perf_counter()
         n = min(self.config.n_train_tasks, self.train_params.n_tasks)
         store = collect_boundaries(

@@ -76,6 +76,9 @@ class BudgetRouteEnv(gym.Env):
             raise ValueError(f"cost_penalty must be finite and >= 0, got {cost_penalty!r}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        for name, flag in (("abort_action", abort_action), ("strict", strict)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         self.cost_penalty = float(cost_penalty)
         self.abort_action = bool(abort_action)
         self.strict = bool(strict)
@@ -173,6 +176,12 @@ class BudgetRouteEnv(gym.Env):
             )
         if "task" in options and options["task"] is not None:
             task = self.bank.index_of(options["task"])
+        for key in ("budget", "cap"):
+            if isinstance(options.get(key), (tuple, list)):
+                raise TypeError(
+                    f"options['{key}'] fixes one episode's value: give a number or None, "
+                    f"not {options[key]!r} (ranges are set when the env is made)"
+                )
         if "budget" in options:
             budget = options["budget"]
             if budget is not None:
@@ -440,8 +449,8 @@ class _Episode:
         "seed", "task", "n_sub", "p_success", "p_derail", "p_lost", "prompt",
         "comp_lo", "comp_hi", "features", "step_features", "budget", "left", "spent", "cap",
         "expensive_used", "counts", "t", "k", "derailed", "lost", "n_correct",
-        "errors", "progress_seen", "since_progress", "feedback", "mask", "worst", "any_affordable",
-        "done",
+        "errors", "progress_seen", "since_progress", "feedback", "mask", "worst",
+        "any_affordable", "done",
     )  # fmt: skip
 
     def __init__(self):

@@ -6,7 +6,10 @@ Functional in the style of gymnax: :func:`reset` and :func:`step` take explicit
 
 The dynamics are those of :class:`envs.gym_env.BudgetRouteEnv`: the same task bank, the
 same random draws from the episode seed, the same budget-constrained decoding (an action
-outside the mask is always downgraded here; there is no strict mode under ``jit``).
+outside the mask is always downgraded here; there is no strict mode under ``jit``). Under
+``jit`` nothing can raise: an action outside ``[0, n_actions)`` is clipped to the nearest
+model and reported as ``info["downgraded"]``; validate actions before they reach the
+twin when that matters.
 
 Auto-reset: :func:`step` starts a new episode (from its ``key``) whenever the one it
 stepped has ended, and returns the new episode's first observation. The true final
@@ -163,6 +166,12 @@ def params_from_suite(
     """Return the parameters of the twin for one split of a suite."""
     bank = suite.bank(split)
     dyn = suite.dynamics
+    if isinstance(cost_penalty, bool) or not isinstance(cost_penalty, (int, float)):
+        raise TypeError(f"cost_penalty must be a number, got {cost_penalty!r}")
+    if not np.isfinite(cost_penalty) or cost_penalty < 0:
+        raise ValueError(f"cost_penalty must be finite and >= 0, got {cost_penalty!r}")
+    if not isinstance(abort_action, (bool, np.bool_)):
+        raise TypeError(f"abort_action must be True or False, got {abort_action!r}")
     b_lo, b_hi = parse_budget(budget_usd)
     c_lo, c_hi = parse_cap(expensive_cap)
     c_lo, c_hi = (min(int(c), NO_CAP) if np.isfinite(c) else NO_CAP for c in (c_lo, c_hi))
@@ -350,7 +359,7 @@ def step_env(
     idx = jnp.arange(params.n_models)
     best = jnp.max(jnp.where(m_mask, idx, -1))
     chosen = jnp.clip(action, 0, params.n_models - 1)
-    downgraded = calls & ~m_mask[chosen]
+    downgraded = calls & (~m_mask[chosen] | (chosen != action))
     m = jnp.where(downgraded, best, chosen)
 
     # The call: tokens and cost

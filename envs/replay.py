@@ -602,15 +602,22 @@ def _bool_field(values, name, place) -> bool:
     raise ValueError(f"{place(name)}: expected true/false/True/False/1/0, got {value!r}")
 
 
+MAX_TOKENS = 10_000_000
+"""Largest token count a table may record for one call (prompts of a session, history
+included, must also stay below 2**31)."""
+
+
 def _int_field(values, name, place) -> int | None:
     value = values.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
         return value
-    raise ValueError(f"{place(name)}: expected an integer >= 0, got {value!r}")
+    raise ValueError(
+        f"{place(name)}: expected an integer in [0, {MAX_TOKENS}], got {value!r}"
+    )
 
 
 # ------------------------------------------------------------------ RouteLLM tables
@@ -1186,6 +1193,12 @@ def _bank(prepared, config, split, index, correct, prompt, completion, answer):
         step_prompt = step_prompt + np.cumsum(earlier, axis=1) - earlier
         step_prompt = np.where(
             valid, step_prompt, step_prompt[np.arange(n), length - 1][:, None]
+        )
+    if step_prompt.max(initial=0) >= 2**31:
+        raise ValueError(
+            f"replay suite {config.name!r}: a session's prompt reaches "
+            f"{int(step_prompt.max())} tokens with its history; use shorter sessions or "
+            "history=False"
         )
     comp = completion[safe].astype(np.int32)
 

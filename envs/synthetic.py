@@ -126,9 +126,21 @@ class SyntheticConfig:
                 f"min_subgoals ({self.min_subgoals}) exceeds max_subgoals "
                 f"({self.max_subgoals})"
             )
-        if self.min_subgoals > self.horizon:
+        if self.max_subgoals > self.horizon:
             raise ValueError(
-                f"min_subgoals ({self.min_subgoals}) exceeds horizon ({self.horizon})"
+                f"max_subgoals ({self.max_subgoals}) exceeds horizon ({self.horizon})"
+            )
+        for name in ("cheap_skill", "expensive_skill", "recover_difficulty"):
+            _check_finite(name, getattr(self, name))
+        for i, v in enumerate(self.level_difficulty):
+            _check_finite(f"level_difficulty[{i}]", v)
+        longest = (self.prefix_tokens + self.horizon * self.step_tokens) * (
+            1 + self.token_jitter
+        )
+        if longest > MAX_PROMPT_TOKENS:
+            raise ValueError(
+                f"prefix_tokens + horizon * step_tokens reaches {longest:.0f} tokens, "
+                f"above {MAX_PROMPT_TOKENS}"
             )
         for name in (
             "moderate_rate",
@@ -157,10 +169,17 @@ class SyntheticConfig:
             raise ValueError("feedback_error_* + feedback_false_progress must be <= 1")
         for name in ("feature_noise", "step_hint_noise"):
             value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
+            _check_finite(name, value)
+            if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if len(self.completion_tokens) != 2 or any(
-            not 0 < lo <= hi for lo, hi in self.completion_tokens
+        ranges = self.completion_tokens
+        if len(ranges) != 2 or any(
+            len(r) != 2
+            or not all(
+                isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in r
+            )
+            or not 0 < r[0] <= r[1] <= MAX_PROMPT_TOKENS
+            for r in ranges
         ):
             raise ValueError(
                 "completion_tokens needs two (lo, hi) ranges with 0 < lo <= hi, got "
@@ -192,6 +211,17 @@ class SyntheticConfig:
         return _sigmoid(skills[None, :] - np.asarray(self.level_difficulty)[:, None])
 
 
+MAX_PROMPT_TOKENS = 10_000_000
+"""Largest prompt (or completion) of one call a generator config may produce."""
+
+
+def _check_finite(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {v!r}")
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+
+
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
@@ -204,7 +234,11 @@ def _check_positive_int(cfg, *names, low=1):
 
 
 def _check_probability(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float, np.integer, np.floating))
+        or not 0 <= v <= 1
+    ):
         raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
 
 

@@ -323,3 +323,22 @@ def test_step_before_reset_and_after_the_end_raise():
     env.step(2)
     with pytest.raises(RuntimeError, match="episode has ended"):
         env.step(0)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"budget": (0.01, 0.02)}, r"options\['budget'\] fixes one episode's value"),
+        ({"cap": [1, 3]}, r"options\['cap'\] fixes one episode's value"),
+    ],
+)
+def test_reset_options_take_one_value_not_a_range(options, match):
+    env = make()
+    with pytest.raises(TypeError, match=match):
+        env.reset(seed=0, options=options)
+
+
+@pytest.mark.parametrize("flag", ["abort_action", "strict"])
+def test_flags_must_be_booleans(flag):
+    with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'no'"):
+        make(**{flag: "no"})

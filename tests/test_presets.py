@@ -85,3 +85,18 @@ def test_features_hint_at_bottleneck_count_but_are_noisy():
 def test_bad_generator_settings_name_the_field(changes, match):
     with pytest.raises(ValueError, match=match):
         SyntheticConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"prefix_tokens": 10**10}, "above 10000000"),
+        ({"cheap_skill": float("nan")}, "cheap_skill must be finite"),
+        ({"level_difficulty": (0.0, float("inf"), 0.0, 0.0)}, r"level_difficulty\[1\]"),
+        ({"max_subgoals": 60}, r"max_subgoals \(60\) exceeds horizon \(50\)"),
+        ({"expensive_skill": "2"}, "expensive_skill must be a number"),
+    ],
+)
+def test_generator_rejects_values_that_would_break_the_dynamics(changes, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        SyntheticConfig(**changes)
