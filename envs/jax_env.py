@@ -11,8 +11,10 @@ outside the mask is always downgraded here; there is no strict mode under ``jit`
 model and reported as ``info["downgraded"]``; validate actions before they reach the
 twin when that matters.
 
-Auto-reset: :func:`step` starts a new episode (from its ``key``) whenever the one it
-stepped has ended, and returns the new episode's first observation. The true final
+Auto-reset: :func:`step` starts a new episode whenever the one it stepped has ended, and
+returns the new episode's first observation. The new episode's seed is a hash of the
+``key`` and of the ended episode's seed, so a vmapped batch may share one key per step
+(``in_axes=None``) and still start a different episode in each environment. The true final
 observation of the ended episode is in ``info["final_observation"]``; ``terminated``,
 ``truncated``, ``reward`` and every other ``info`` entry describe the step that ended it.
 :func:`step_env` steps without resetting.
@@ -473,7 +475,10 @@ def step(
     """Make one call and auto-reset an ended episode (see the module docstring)."""
     final_obs, state, reward, terminated, truncated, info = step_env(state, action, params)
     done = terminated | truncated
-    state_reset = _reset_state(key_to_seed(key), params)
+    # The next episode's seed mixes the key with the ended episode's seed, so one key
+    # can be shared by a whole vmapped batch and still start different episodes
+    seed = mix32(key_to_seed(key) ^ mix32(state.seed + jnp.uint32(0x632BE5AB)))
+    state_reset = _reset_state(seed, params)
     state = jax.tree.map(lambda r, s: jnp.where(done, r, s), state_reset, state)
     info["final_observation"] = final_obs
     return get_obs(state, params), state, reward, terminated, truncated, info

@@ -52,14 +52,15 @@ def gym_steps_per_second(env_id: str, n_steps: int, **kwargs) -> float:
 def make_twin_runner(params, n_envs: int, scan_steps: int):
     """Return a jitted ``run(key, states) -> states`` of random-action steps."""
     n_actions = params.n_actions
-    vstep = jax.vmap(jax_env.step, in_axes=(0, 0, 0, None))
+    # One key per step for the whole batch: the twin mixes it with each env's own seed
+    vstep = jax.vmap(jax_env.step, in_axes=(None, 0, 0, None))
 
     @jax.jit
     def run(key, states):
         def body(states, k):
             k_act, k_step = jax.random.split(k)
             actions = jax.random.randint(k_act, (n_envs,), 0, n_actions)
-            _, states, *_ = vstep(jax.random.split(k_step, n_envs), states, actions, params)
+            _, states, *_ = vstep(k_step, states, actions, params)
             return states, None
 
         return jax.lax.scan(body, states, jax.random.split(key, scan_steps))[0]
