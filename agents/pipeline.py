@@ -30,6 +30,7 @@ from agents.evaluate import (
     baseline_sweeps,
     score_methods,
     summarize_rollout,
+    sweep,
 )
 from agents.policy import NetworkPolicy
 from agents.rollout import rollout
@@ -439,21 +440,14 @@ def _points_result(name: str, pts: dict, n: int | None = None) -> MethodResult:
 
 def _threshold_sweep(name, params, normalizer, network, episodes, ref, n: int = 9):
     """Sweep a threshold on the policy's probability of leaving the cheapest model."""
-    res = MethodResult(name, "threshold")
-    for th in np.linspace(0.1, 0.9, n):
-        policy = _ThresholdPolicy(params, normalizer, network, jnp.float32(th))
-        out = rollout(
-            policy,
-            episodes.params,
-            episodes.tasks,
-            episodes.seeds,
-            episodes.key,
-            episodes.budgets,
-        )
-        point = summarize_rollout(out, ref)
-        point["knob"] = float(th)
-        res.points.append(point)
-    return res
+    return sweep(
+        name,
+        "threshold",
+        lambda th: _ThresholdPolicy(params, normalizer, network, jnp.float32(th)),
+        np.linspace(0.1, 0.9, n),
+        episodes,
+        ref,
+    )
 
 
 @jax.tree_util.register_pytree_node_class
