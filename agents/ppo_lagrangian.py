@@ -13,17 +13,19 @@ policy reads the money and calls left in its features, and budget-constrained de
 in the twin means no episode ever overspends.
 
 **Signals per step.** Reward ``r_t``: the environment's reward (success, 1 at the
-terminal step of a successful episode). Cost ``c_t``, in the *constraint's units*:
+terminal step of a successful episode). Cost ``c_t``, in the *constraint's units*
+(multiples of ``unit = cost_scale``, by default the target itself):
 
-- ``cost_mode="usd"``: ``info["cost"] / cost_scale`` (USD over USD), with
-  ``cost_scale`` defaulting to the target; the constraint is
+- ``cost_mode="usd"``: ``info["cost"] / unit``; the constraint is
   ``mean_episodes(C) <= cost_target`` with ``C`` the episode's cost in USD;
-- ``cost_mode="budget_fraction"``: ``info["cost"] / B`` with ``B`` the episode's
-  budget (USD, finite); the constraint is ``mean_episodes(C / B) <= cost_target``.
+- ``cost_mode="budget_fraction"``: ``info["cost"] / (B * unit)`` with ``B`` the
+  episode's budget (USD, finite); the constraint is
+  ``mean_episodes(C / B) <= cost_target``.
 
-The violation ``g = mean_episodes(sum_t c_t) - target`` (target divided by
-``cost_scale`` in USD mode) is what the multiplier sees, so its learning rate does not
-depend on the currency scale. An optional second constraint bounds the share of calls
+The violation ``g = mean_episodes(sum_t c_t) - cost_target / unit`` (by default the
+relative excess over the target, ``mean / target - 1``) is what the multiplier sees,
+so its learning rate and the multiplier itself do not depend on the currency scale or
+on how large the target is. An optional second constraint bounds the share of calls
 that go to a model other than the cheapest, ``sum(expensive calls) / sum(calls) <=
 share_target``, with the per-step cost ``e_t - share_target`` (``e_t`` 1 for an
 expensive call), its own critic (a small MLP beside the network) and its own
@@ -40,8 +42,11 @@ Stooke, Achiam and Abbeel (2020)::
     I   <- clip(I + lr * g, 0, bound)              # integral (anti-windup at bound)
     lam <- clip(I + kp * g + kd * max(g - g_prev, 0), 0, bound)
 
-which is dual ascent when ``kp = kd = 0``. Each update first updates the multipliers
-with the batch's violations, then uses them.
+which is dual ascent when ``kp = kd = 0`` (the share multiplier has its own step size
+and the same ``kp``, ``kd``). Each update first updates the multipliers with the
+batch's violations, then uses them. The targets and the multipliers (with their gains)
+are leaves of the training state: one compiled ``train`` serves any target, a sweep
+over targets is one ``vmap`` over states, and a resumed state keeps its own.
 
 **Loss.** With ``lam`` (cost) and ``mu`` (share, 0 when off) the combined advantage is
 ``A = (A_r - lam * A_c - mu * A_s) / (1 + lam + mu)``, centred and scaled over the
@@ -101,7 +106,8 @@ class PPOLagConfig:
     """Hyperparameters of PPO-Lagrangian."""
 
     SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_sizes", "activation")
-    """Fields that change the shapes of the training state (checked on restore)."""
+    """Fields a checkpoint must match on restore: they change the shapes of the
+    training state, or what its parameters mean."""
 
     updates: int = 200
     """Policy updates (each: roll out a batch of episodes, then optimise)."""
@@ -111,8 +117,13 @@ class PPOLagConfig:
     """Passes over each update's batch."""
     minibatches: int = 4
     """Minibatches per pass, over episodes (must divide ``episodes``)."""
-    learning_rate: float = 3e-4
+    learning_rate: float = 6e-4
     """Adam step size."""
+    anneal_lr: bool = True
+    """Decay the step size linearly to 0 over ``updates`` (by the optimizer's own step
+    count, so a resumed run follows the same schedule); the policy then settles where
+    the multiplier has brought it instead of still oscillating around the target.
+    Updates beyond ``updates`` then leave the policy as it is."""
     max_grad_norm: float = 0.5
     """Gradients are clipped to this global norm."""
     clip_eps: float = 0.2
@@ -128,7 +139,7 @@ class PPOLagConfig:
     """GAE's bias-variance trade-off."""
     normalize_advantage: bool = True
     """Centre and scale the combined advantage over each batch's decisions."""
-    critic_warmup: int = 0
+    critic_warmup: int = 10
     """First updates in which only the critics learn (the actor is held)."""
     cost_mode: str = "usd"
     """``"usd"``: the target is a mean episode cost in USD; ``"budget_fraction"``: a
@@ -136,15 +147,16 @@ class PPOLagConfig:
     cost_target: float = 0.1
     """The cost target: USD per episode, or a fraction of the episode's budget."""
     cost_scale: float = 0.0
-    """USD per unit of the cost signal in ``"usd"`` mode (0: the target itself, so the
-    constraint reads ``mean(C) / target <= 1``); needed when the target is 0."""
+    """Unit of the cost signal, in the target's units (USD, or a fraction of the
+    budget); 0: the target itself, so the constraint reads ``mean / target <= 1``.
+    Needed when the target is 0."""
     multiplier_init: float = 0.0
     """Initial Lagrange multiplier (success per unit of the cost signal)."""
-    multiplier_lr: float = 0.05
+    multiplier_lr: float = 0.1
     """Dual ascent step size (the PID integral gain ``ki``), per unit of violation."""
     multiplier_max: float = 100.0
     """The multipliers are kept in ``[0, multiplier_max]``."""
-    pid_kp: float = 0.0
+    pid_kp: float = 0.5
     """PID proportional gain (0 with ``pid_kd`` 0: plain projected dual ascent)."""
     pid_kd: float = 0.0
     """PID derivative gain, on the positive part of the violation's increase."""
@@ -177,10 +189,8 @@ class PPOLagConfig:
             )
         if not np.isfinite(self.cost_target) or self.cost_target < 0:
             raise ValueError(f"cost_target must be finite and >= 0, got {self.cost_target}")
-        if self.cost_scale < 0 or (
-            self.cost_mode == "usd" and self.cost_scale == 0 and self.cost_target == 0
-        ):
-            raise ValueError("a cost_target of 0 USD needs a positive cost_scale")
+        if self.cost_scale < 0 or (self.cost_scale == 0 and self.cost_target == 0):
+            raise ValueError("a cost_target of 0 needs a positive cost_scale")
         if self.multiplier_max <= 0 or not 0 <= self.multiplier_init <= self.multiplier_max:
             raise ValueError("need multiplier_max > 0 and multiplier_init in [0, max]")
         if min(self.multiplier_lr, self.share_multiplier_lr, self.pid_kp, self.pid_kd) < 0:
@@ -193,16 +203,16 @@ class PPOLagConfig:
             raise ValueError(f"unknown activation {self.activation!r}")
 
     @property
-    def unit_usd(self) -> float:
-        """USD per unit of the cost signal in ``"usd"`` mode."""
+    def unit(self) -> float:
+        """Return the size of one unit of the cost signal (USD, or a fraction of the
+        budget)."""
         return self.cost_scale if self.cost_scale > 0 else self.cost_target
 
     @property
     def target(self) -> float:
-        """The cost target in the constraint's units (see the module docstring)."""
-        if self.cost_mode == "usd":
-            return self.cost_target / self.unit_usd
-        return self.cost_target
+        """Return the cost target in the constraint's units (1 unless ``cost_scale`` is
+        set)."""
+        return self.cost_target / self.unit
 
 
 # ------------------------------------------------------------------- multiplier
@@ -309,16 +319,16 @@ def step_costs(cost_usd: jax.Array, budget: jax.Array, config: PPOLagConfig) -> 
     """Return per-step costs in the constraint's units, shape (N, H).
 
     ``cost_usd`` (N, H) are the steps' costs in USD, ``budget`` (N,) the episodes'
-    budgets in USD. ``"usd"`` mode divides by ``config.unit_usd``;
-    ``"budget_fraction"`` by the episode's budget (0 where the budget is 0). Summed
-    over an episode's steps and averaged over episodes, the result is what
-    ``config.target`` bounds.
+    budgets in USD. ``"usd"`` mode divides by ``config.unit`` (USD);
+    ``"budget_fraction"`` by the episode's budget times ``config.unit`` (0 where the
+    budget is 0). Summed over an episode's steps and averaged over episodes, the result
+    is what ``config.target`` bounds.
     """
-    cost_usd = jnp.asarray(cost_usd, jnp.float32)
+    cost = jnp.asarray(cost_usd, jnp.float32) / jnp.float32(config.unit)
     if config.cost_mode == "usd":
-        return cost_usd / jnp.float32(config.unit_usd)
+        return cost
     budget = jnp.asarray(budget, jnp.float32)[:, None]
-    return jnp.where(budget > 0, cost_usd / jnp.maximum(budget, 1e-12), 0.0)
+    return jnp.where(budget > 0, cost / jnp.maximum(budget, 1e-12), 0.0)
 
 
 # ---------------------------------------------------------------------- state
@@ -348,6 +358,13 @@ class PPOLagState(train_state.TrainState):
     """The share constraint's multiplier (stays 0 when that constraint is off)."""
     update: jax.Array
     """Updates completed (int32); selects each update's random key."""
+    cost_target: jax.Array
+    """The cost target in the constraint's units (float32; see
+    :attr:`PPOLagConfig.target`). A leaf, so one compiled ``train`` serves any target
+    and a sweep over targets is one ``vmap`` over states."""
+    share_target: jax.Array
+    """The largest share of expensive calls (float32; used only when the config turns
+    the share constraint on)."""
 
 
 def make_network(config: PPOLagConfig, n_actions: int) -> networks.ActorCritic:
@@ -364,12 +381,8 @@ def make_policy(
 ) -> NetworkPolicy:
     """Return the trained router as a :class:`agents.policy.NetworkPolicy` (sampling by
     default: the constrained optimum is in general a stochastic policy)."""
-    return NetworkPolicy(
-        state.params["actor_critic"],
-        state.normalizer,
-        make_network(config, n_actions),
-        greedy=greedy,
-    )
+    network, _ = _static_parts(config, n_actions)
+    return NetworkPolicy(state.params["actor_critic"], state.normalizer, network, greedy)
 
 
 @functools.lru_cache(maxsize=32)
@@ -378,9 +391,11 @@ def _static_parts(config: PPOLagConfig, n_actions: int):
     that states built apart (fresh, restored) share them and hit the same compiled
     functions."""
     network = make_network(config, n_actions)
-    tx = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate)
-    )
+    lr = config.learning_rate
+    if config.anneal_lr:
+        steps = max(config.updates * config.epochs * config.minibatches, 1)
+        lr = optax.linear_schedule(config.learning_rate, 0.0, steps)
+    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr))
     return network, tx
 
 
@@ -414,6 +429,8 @@ def init_state(
     init_params: dict | None = None,
     normalizer: networks.RunningNormalizer | None = None,
     tasks: jax.Array | None = None,
+    cost_target: float | jax.Array | None = None,
+    share_target: float | jax.Array | None = None,
 ) -> PPOLagState:
     """Return a fresh training state (update 0); pure and jittable.
 
@@ -423,6 +440,10 @@ def init_state(
     router; without them the network is initialised from ``rng`` and the normaliser is
     fitted on the features of one batch of episodes of that initial policy. Also serves
     as the template to restore a checkpoint into.
+
+    ``cost_target`` (USD or fraction of the budget, as ``config.cost_mode`` says) and
+    ``share_target`` override the config's targets; costs keep the config's unit
+    (:attr:`PPOLagConfig.unit`).
     """
     network, tx = _static_parts(config, params.n_actions)
     n_features = _n_features(params)
@@ -456,6 +477,13 @@ def init_state(
         traj = out["trajectory"]
         features = networks.policy_features(traj["obs"])
         normalizer = _masked_normalizer(features, traj["valid"])
+    # Targets in the constraint's units, and the multipliers
+    if cost_target is None:
+        target = config.target
+    else:
+        target = jnp.asarray(cost_target, jnp.float32) / config.unit
+    if share_target is None:
+        share_target = config.share_target if config.share_target is not None else 1.0
     make_mult = lambda lr, init: Multiplier.create(  # noqa: E731
         init, lr, config.multiplier_max, config.pid_kp, config.pid_kd
     )
@@ -469,6 +497,8 @@ def init_state(
             config.share_multiplier_lr if config.share_target is not None else 0.0, 0.0
         ),
         update=jnp.int32(0),
+        cost_target=jnp.asarray(target, jnp.float32),
+        share_target=jnp.asarray(share_target, jnp.float32),
     )
     return state.replace(step=jnp.int32(0))
 
@@ -483,8 +513,12 @@ def make_update(
     the twin's training parameters; ``tasks`` the task indices to sample from (default:
     every task of ``params``). ``metrics`` are scalars, see :func:`make_train`.
     """
-    if config.cost_mode == "budget_fraction" and not (
-        np.isfinite(float(params.budget_low)) and np.isfinite(float(params.budget_high))
+    bounds = (params.budget_low, params.budget_high)
+    concrete = not any(isinstance(b, jax.core.Tracer) for b in bounds)
+    if (
+        config.cost_mode == "budget_fraction"
+        and concrete
+        and not all(np.isfinite(float(b)) for b in bounds)
     ):
         raise ValueError(
             "cost_mode 'budget_fraction' needs finite budgets: make the params with "
@@ -495,8 +529,6 @@ def make_update(
     task_pool = None if tasks is None else jnp.asarray(tasks, jnp.int32)
     n = config.episodes
     share_on = config.share_target is not None
-    share_target = jnp.float32(config.share_target if share_on else 0.0)
-    target = jnp.float32(config.target)
 
     def _evaluate(p, x, mask):
         logits, v_r, v_c = network.apply(p["actor_critic"], x, mask)
@@ -559,7 +591,7 @@ def make_update(
         cost = step_costs(traj["cost"], out["budget"], config)
         called = valid & (traj["model"] >= 0)
         expensive = called & (traj["model"] >= 1)
-        share_cost = jnp.where(called, expensive - share_target, 0.0)
+        share_cost = jnp.where(called, expensive - state.share_target, 0.0)
 
         # Behaviour policy's log-probabilities and the critics' values
         x = networks.normalize(state.normalizer, networks.policy_features(obs))
@@ -568,10 +600,10 @@ def make_update(
 
         # Update the multipliers on this batch's constraint violations
         episode_cost = jnp.sum(cost * valid, axis=1)
-        violation = episode_cost.mean() - target
+        violation = episode_cost.mean() - state.cost_target
         n_calls = jnp.maximum(called.sum(), 1)
         share = expensive.sum() / n_calls
-        share_violation = share - share_target
+        share_violation = share - state.share_target
         lagrange = update_multiplier(state.lagrange, violation)
         share_lagrange = state.share_lagrange
         if share_on:
@@ -687,6 +719,16 @@ def make_train(
 
 
 # -------------------------------------------------------------------- logging
+def uncommit(state):
+    """Return ``state`` with its arrays as uncommitted device arrays (host round trip).
+
+    A checkpoint restores arrays committed to a device, and ``jax.jit`` keys its cache
+    on that, so a restored state would compile ``train`` a second time; uncommitted, it
+    runs the function already compiled for a fresh state.
+    """
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)
+
+
 def format_update(metrics: dict, i: int, steps_per_second: float | None = None) -> str:
     """Return the log line of update ``i`` of per-update ``metrics`` (arrays): stable
     ``name=value`` pairs, ``update`` then :data:`LOG_FIELDS` then ``steps_per_s``."""
@@ -712,14 +754,16 @@ def train_and_log(
     and, with an :class:`agents.checkpoint.Checkpointer`, save the state after each
     chunk (step = updates done) and resume from its latest checkpoint when there is
     one. Environment steps per second are measured per chunk from wall time (the first
-    chunk includes compilation). Returns the final state and the metrics of the
-    updates run here, concatenated.
+    chunk includes compilation; a last chunk of another size compiles again, so a
+    ``chunk`` that divides the total avoids that). Returns the final state and the
+    metrics of the updates run here, concatenated.
     """
     total = config.updates if n_updates is None else int(n_updates)
     jitted = jax.jit(train, static_argnames="n_updates")
     if checkpointer is not None and checkpointer.latest_step() is not None:
         template = jax.eval_shape(lambda k: train(k, n_updates=0)[0], rng)
         state, done = checkpointer.restore(template, config)
+        state = uncommit(state)
         if log is not None:
             log(f"resumed from update {done}")
     else:
