@@ -108,11 +108,17 @@ def make_pool(
                 raise ValueError(f"models[{i}]: unknown model {entry!r}; known: {known}")
             pool.append(PRICE_TABLE[entry])
         elif isinstance(entry, Mapping):
-            missing = {"name", "input_usd_per_mtok", "output_usd_per_mtok"} - set(entry)
+            fields = {"name", "input_usd_per_mtok", "output_usd_per_mtok"}
+            missing, extra = fields - set(entry), set(entry) - fields
             if missing:
                 raise ValueError(
                     f"models[{i}]: price entry misses field(s) {sorted(missing)}: "
                     f"{dict(entry)!r}"
+                )
+            if extra:
+                raise ValueError(
+                    f"models[{i}]: price entry has unknown field(s) {sorted(extra)}; "
+                    f"known: {sorted(fields)}"
                 )
             pool.append(
                 ModelPrice(

@@ -128,8 +128,11 @@ def make_suite(
     length, success rule, data folder...); synthetic suites take none.
     """
     if isinstance(suite, Suite):
-        if suite_kwargs:
-            raise ValueError("suite_kwargs apply to suites given by name only")
+        if suite_kwargs or models is not None:
+            raise ValueError(
+                "models and suite_kwargs apply to suites given by name or config; a ready "
+                "Suite already has them"
+            )
         return suite
     for name, value in (("n_train", n_train), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

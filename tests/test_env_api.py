@@ -342,3 +342,18 @@ def test_reset_options_take_one_value_not_a_range(options, match):
 def test_flags_must_be_booleans(flag):
     with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'no'"):
         make(**{flag: "no"})
+
+
+def test_price_entry_with_a_misspelled_field_is_refused():
+    entry = {"name": "x", "input_usd_per_mtok": 1.0, "ouput_usd_per_mtok": 2.0}
+    with pytest.raises(ValueError, match=r"misses field\(s\) \['output_usd_per_mtok'\]"):
+        make_pool(["gpt-4.1-nano", entry])
+    entry = {**entry, "output_usd_per_mtok": 2.0}
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['ouput_usd_per_mtok'\]"):
+        make_pool(["gpt-4.1-nano", entry])
+
+
+def test_a_ready_suite_refuses_a_second_model_pool():
+    suite = envs.make_suite("household", n_train=8, n_test=4)
+    with pytest.raises(ValueError, match="a ready Suite already has them"):
+        make(suite=suite, models=("gpt-4o-mini", "gpt-4o"))
