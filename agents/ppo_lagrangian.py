@@ -128,7 +128,7 @@ class PPOLagConfig:
     """Gradients are clipped to this global norm."""
     clip_eps: float = 0.2
     """PPO ratio clipping."""
-    ent_coef: float = 0.003
+    ent_coef: float = 0.01
     """Weight of the entropy bonus."""
     vf_coef: float = 0.5
     """Weight of each critic's squared error (reward, cost and share critics)."""
