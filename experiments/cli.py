@@ -32,6 +32,17 @@ def _parser_for(tp):
     return tp
 
 
+def _format_hint(tp) -> str:
+    text = str(tp)
+    if tp is bool or "bool" in text and "tuple" not in text:
+        return " (true or false)"
+    if "tuple" in text or "list" in text:
+        return " (comma-separated)"
+    if "None" in text:
+        return " (or none)"
+    return ""
+
+
 def _parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "on"):
         return True
@@ -53,12 +64,13 @@ def parse_config(config_cls, argv=None, description: str | None = None):
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "") + _format_hint(hints[f.name])
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=_parser_for(hints[f.name]),
             default=default,
-            help=f.metadata.get("help", ""),
+            help=help_text,
             metavar=f.name.upper(),
         )
     ns = parser.parse_args(argv)

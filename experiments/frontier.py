@@ -30,11 +30,13 @@ class FrontierConfig(TrainConfig):
     """Frontiers of every method on several suites and seeds."""
 
     suites: tuple[str, ...] = dataclasses.field(
-        default=("household", "science", "apps"), metadata={"help": "Suites to run."}
+        default=("household", "science", "apps"),
+        metadata={"help": "Suites to run (this replaces --suite)."},
     )
     seeds: int = dataclasses.field(default=3, metadata={"help": "Fine-tuning seeds."})
     out_dir: str = dataclasses.field(
-        default="runs/frontier", metadata={"help": "Folder of one sub-folder a suite."}
+        default="runs/frontier",
+        metadata={"help": "Folder holding one sub-folder per suite."},
     )
 
 
