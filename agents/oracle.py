@@ -111,6 +111,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agents.rollout import add_step, episode_result, episode_totals
 from envs import core
 from envs.jax_env import NO_CAP, EnvParams, model_mask, next_call_cost, reset_from_seed
 from envs.jax_env import step_env as _step_env
@@ -739,43 +740,16 @@ def _oracle_episode(params, table, charge, task, seed, rules):
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda a, b: jnp.where(live, a, b), new, old
         )
-        totals = {
-            "reward": totals["reward"] + jnp.where(live, reward, 0.0),
-            "downgrades": totals["downgrades"] + (live & info["downgraded"]),
-            "success": totals["success"] | (live & info["success"]),
-            "score": jnp.where(
-                live & (terminated | truncated), info["score"], totals["score"]
-            ),
-            "bankrupt": totals["bankrupt"] | (live & info["bankrupt"]),
-            "aborted": totals["aborted"] | (live & info["aborted"]),
-            "plan_exhausted": totals["plan_exhausted"] | (live & exhausted),
-        }
+        totals = add_step(totals, live, reward, terminated, truncated, info)
+        totals["plan_exhausted"] = totals["plan_exhausted"] | (live & exhausted)
         ledger = jnp.where(live, jnp.minimum(ledger + booked, rules.n_x - 1), ledger)
         loop = (keep(new_state, state), ledger, done | terminated | truncated, totals)
         return loop, None
 
-    totals = {
-        "reward": jnp.float32(0.0),
-        "downgrades": jnp.int32(0),
-        "success": jnp.bool_(False),
-        "score": jnp.float32(0.0),
-        "bankrupt": jnp.bool_(False),
-        "aborted": jnp.bool_(False),
-        "plan_exhausted": jnp.bool_(False),
-    }
+    totals = {**episode_totals(), "plan_exhausted": jnp.bool_(False)}
     init = (state, jnp.int32(0), jnp.bool_(False), totals)
     (state, _, _, totals), _ = jax.lax.scan(body, init, None, length=H)
-    out = dict(totals)
-    out.update(
-        cost=state.spent,
-        steps=state.t,
-        expensive_calls=state.expensive_used,
-        model_counts=state.model_counts,
-        overspent=state.spent > state.budget,
-        budget=state.budget,
-        task=state.task,
-    )
-    return out
+    return episode_result(state, totals)
 
 
 # --------------------------------------------------------------------------------------

@@ -78,16 +78,7 @@ def _episode(policy, params, record, task, seed, key, budget, cap):
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda a, b: jnp.where(live, a, b), new, old
         )
-        totals = {
-            "reward": totals["reward"] + jnp.where(live, reward, 0.0),
-            "downgrades": totals["downgrades"] + (live & info["downgraded"]),
-            "success": totals["success"] | (live & info["success"]),
-            "score": jnp.where(
-                live & (terminated | truncated), info["score"], totals["score"]
-            ),
-            "bankrupt": totals["bankrupt"] | (live & info["bankrupt"]),
-            "aborted": totals["aborted"] | (live & info["aborted"]),
-        }
+        totals = add_step(totals, live, reward, terminated, truncated, info)
         step_out = {
             "obs": obs,
             "action": action,
@@ -106,7 +97,18 @@ def _episode(policy, params, record, task, seed, key, budget, cap):
         )
         return loop, (step_out if record else None)
 
-    totals = {
+    step_keys = jax.random.split(key, params.horizon)
+    init = (state, obs, carry, jnp.bool_(False), episode_totals())
+    (state, _, _, _, totals), traj = jax.lax.scan(body, init, step_keys)
+    out = episode_result(state, totals)
+    if record:
+        out["trajectory"] = traj
+    return out
+
+
+def episode_totals() -> dict:
+    """Return the running totals of an episode before its first step."""
+    return {
         "reward": jnp.float32(0.0),
         "downgrades": jnp.int32(0),
         "success": jnp.bool_(False),
@@ -114,9 +116,23 @@ def _episode(policy, params, record, task, seed, key, budget, cap):
         "bankrupt": jnp.bool_(False),
         "aborted": jnp.bool_(False),
     }
-    step_keys = jax.random.split(key, params.horizon)
-    init = (state, obs, carry, jnp.bool_(False), totals)
-    (state, _, _, _, totals), traj = jax.lax.scan(body, init, step_keys)
+
+
+def add_step(totals, live, reward, terminated, truncated, info) -> dict:
+    """Return the totals after one step of the twin (ignored unless ``live``)."""
+    return {
+        **totals,
+        "reward": totals["reward"] + jnp.where(live, reward, 0.0),
+        "downgrades": totals["downgrades"] + (live & info["downgraded"]),
+        "success": totals["success"] | (live & info["success"]),
+        "score": jnp.where(live & (terminated | truncated), info["score"], totals["score"]),
+        "bankrupt": totals["bankrupt"] | (live & info["bankrupt"]),
+        "aborted": totals["aborted"] | (live & info["aborted"]),
+    }
+
+
+def episode_result(state, totals) -> dict:
+    """Return the per-episode fields (:data:`EPISODE_FIELDS`) from the final state."""
     out = dict(totals)
     out.update(
         cost=state.spent,
@@ -127,8 +143,6 @@ def _episode(policy, params, record, task, seed, key, budget, cap):
         budget=state.budget,
         task=state.task,
     )
-    if record:
-        out["trajectory"] = traj
     return out
 
 
