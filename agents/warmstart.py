@@ -13,7 +13,17 @@
    tends to be one whose expensive calls fell where they mattered. Easy and
    Intractable tasks get an all-cheap trajectory (a successful one for Easy tasks
    when there is one).
-4. **Balance.** Each class (Easy, Hard, Intractable) gets the same total weight, and
+4. **Hindsight pruning** (``prune``, on by default). The twin draws its random numbers
+   from the episode seed and the step, so a Hard task's candidate can be replayed with
+   the same luck. The ``prune_candidates`` cheapest successful candidates are replayed
+   with each expensive call made cheap in turn, the latest first, and the call stays
+   cheap when the episode still succeeds for less (:func:`prune_expensive_calls`); the
+   cheapest pruned candidate becomes the target. What is left are the expensive calls
+   that made the difference with that luck, so the cloned policy's probability of the
+   expensive model ranks decisions by how often such a call is needed there. Its
+   probabilities are small (a few percent where it matters): a threshold on them, not
+   the most likely action, is how the cloned policy is deployed on its own.
+5. **Balance.** Each class (Easy, Hard, Intractable) gets the same total weight, and
    within the Hard class each stratum does (the always-expensive fallback counts as
    stratum ``N``); a trajectory's weight is spread evenly over its steps. The weights
    are ``class_weight / n_trajectories_in_class`` for Easy and Intractable, and
@@ -22,6 +32,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +40,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from agents.boundary import EASY, HARD, INTRACTABLE, class_shares, taxonomy
 from agents.networks import policy_features
@@ -194,6 +206,8 @@ def synthesize_sft(
     min_successes: int = 3,
     rollouts_per_stratum: int = 4,
     class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    prune: bool = True,
+    prune_candidates: int = 4,
 ) -> tuple[dict, dict]:
     """Return ``(dataset, report)``: the behaviour-cloning dataset (see
     :mod:`agents.bc`) and a report of the class shares and chosen strata."""
@@ -217,6 +231,7 @@ def synthesize_sft(
         seeds = episode_seeds(k_seed, tasks.shape[0])
         policy = RandomMix(jnp.asarray(np.tile(probs, hard.size), jnp.float32))
         mixed = _rollout_per_episode_policy(policy, params, tasks, seeds, k_roll)
+        mixed["seed"] = seeds
         mixed = jax.tree.map(
             lambda x: np.asarray(x).reshape((hard.size, per_task) + x.shape[1:]), mixed
         )
@@ -242,6 +257,53 @@ def synthesize_sft(
             run = int(np.argmax(cheap_success[row])) if classes[row] == EASY else 0
             picks.append(("cheap", row, run, -1))
 
+    # Prune the Hard targets down to the expensive calls that made the difference: the
+    # ``prune_candidates`` cheapest successful candidates of each task are pruned and the
+    # cheapest result becomes the target
+    pruned, n_pruned, n_expensive = None, 0, 0
+    hard_rows = [row for row, p in enumerate(picks) if p[0] != "cheap"]
+    if prune and hard_rows:
+        script, seeds, tasks, owner, stratum = [], [], [], [], []
+        for row in hard_rows:
+            h = np.searchsorted(hard, row)
+            cands = [
+                (mixed["cost"][h, j], "mixed", j, j // rollouts_per_stratum)
+                for j in np.flatnonzero(mixed["success"][h])
+            ] + [
+                (exp_cost[row, j], "expensive", j, n_strata - 1)
+                for j in np.flatnonzero(exp_success[row])
+            ]
+            for _, source, j, st in sorted(cands, key=lambda c: c[0])[:prune_candidates]:
+                if source == "mixed":
+                    script.append(mixed["trajectory"]["model"][h, j])
+                    seeds.append(mixed["seed"][h, j])
+                else:
+                    script.append(store.trajectories["expensive"]["model"][row, j])
+                    seeds.append(store.episodes["expensive"]["seed"][row, j])
+                tasks.append(store.tasks[row])
+                owner.append(row)
+                stratum.append(st)
+        script, changed, cost = prune_expensive_calls(
+            params, tasks, seeds, np.stack(script)
+        )
+        owner = np.array(owner)
+        best = [
+            np.flatnonzero(owner == row)[np.argmin(cost[owner == row])] for row in hard_rows
+        ]
+        n_pruned = int(changed[best].sum())
+        n_expensive = int((script[best] > 0).sum())
+        pruned = _rollout_per_episode_policy(
+            Scripted(jnp.asarray(script[best])),
+            params,
+            jnp.asarray(np.array(tasks)[best], jnp.int32),
+            jnp.asarray(np.array(seeds)[best], jnp.uint32),
+            jax.random.key(0),
+        )
+        pruned = jax.tree.map(np.asarray, pruned)
+        for k, row in enumerate(hard_rows):
+            picks[row] = ("pruned", k, None, stratum[best[k]])
+            chosen_stratum[row] = stratum[best[k]]
+
     # Balanced weights over classes and strata
     weights = np.zeros(n)
     for cls_id in (EASY, INTRACTABLE):
@@ -257,12 +319,15 @@ def synthesize_sft(
 
     # Gather the chosen trajectories (one per task) and flatten them into decisions
     def gather(source, rows, runs):
+        if source == "pruned":
+            t = {k: pruned["trajectory"][k] for k in ("obs", "model", "valid")}
+            return jax.tree.map(lambda x: np.asarray(x)[rows], t)
         t = mixed["trajectory"] if source == "mixed" else store.trajectories[source]
         t = {k: t[k] for k in ("obs", "model", "valid")}
         return jax.tree.map(lambda x: np.asarray(x)[rows, runs], t)
 
     parts = []
-    for source in ("cheap", "expensive", "mixed"):
+    for source in ("cheap", "expensive", "mixed", "pruned"):
         sel = [(row, i, j) for row, (src, i, j, _) in enumerate(picks) if src == source]
         if sel:
             rows, i, j = (np.array(v) for v in zip(*sel, strict=True))
@@ -290,19 +355,84 @@ def synthesize_sft(
         "chosen_strata": {
             f"{(s + 1) / n_strata:.2f}": int(c) for s, c in enumerate(counts)
         },
+        "pruned_calls": n_pruned,
+        "pruned_share": n_pruned / max(n_expensive + n_pruned, 1),
         "decisions": int(dataset["action"].shape[0]),
         "expensive_share": float(np.mean(dataset["action"] > 0)),
     }
     return dataset, report
 
 
-@jax.jit
-def _rollout_per_episode_policy(policy, params, tasks, seeds, key):
-    """Run a policy whose knob differs per episode (a batched pytree) with recording."""
+@struct.dataclass
+class Scripted:
+    """Play a fixed action sequence (one per episode, indexed by the step), falling
+    back to the cheapest model where the scripted action is masked out."""
+
+    actions: jax.Array
+    """(H,) actions; steps past the end repeat the last one."""
+
+    def init_carry(self, obs):
+        """Return the step counter."""
+        return jnp.int32(0)
+
+    def act(self, key, obs, carry):
+        """Return the scripted action of this step, or the cheapest model."""
+        a = self.actions[jnp.minimum(carry, self.actions.shape[0] - 1)]
+        a = jnp.where(obs["action_mask"][a].astype(bool), a, 0)
+        return a.astype(jnp.int32), carry + 1
+
+
+def prune_expensive_calls(
+    params, tasks: np.ndarray, seeds: np.ndarray, actions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(actions, changed, cost)``: each successful scripted episode with every
+    expensive call that it can do without replaced by the cheapest model.
+
+    The twin's random draws are indexed by the episode seed and the step, so replaying
+    an action sequence with the same seed replays the same luck. The expensive calls are
+    tried one at a time, the latest first, so that each is judged with every call before
+    it as it was: a call becomes cheap when the episode still succeeds and costs less
+    without it. What remains are the calls that made the difference for that episode.
+    ``actions`` is (B, H) with ``-1`` or any model index after the episode's end;
+    ``changed`` (B,) counts the calls made cheap and ``cost``
+    (B,) is the cost of the returned sequence (``inf`` where it fails).
+    """
+    actions = np.where(np.asarray(actions) < 0, 0, np.asarray(actions)).astype(np.int32)
+    tasks = jnp.asarray(tasks, jnp.int32)
+    seeds = jnp.asarray(seeds, jnp.uint32)
+    key = jax.random.key(0)  # scripted policies draw nothing
+
+    def play(acts):
+        out = _rollout_per_episode_policy(
+            Scripted(jnp.asarray(acts)), params, tasks, seeds, key, record=False
+        )
+        return np.array(out["success"]), np.array(out["cost"])
+
+    success, cost = play(actions)
+    order = [np.flatnonzero(row > 0)[::-1] for row in actions]
+    changed = np.zeros(len(actions), np.int64)
+    for j in range(max((len(o) for o in order), default=0)):
+        rows = np.array([i for i, o in enumerate(order) if len(o) > j and success[i]])
+        if rows.size == 0:
+            continue
+        trial = actions.copy()
+        trial[rows, [order[i][j] for i in rows]] = 0
+        s, c = play(trial)
+        better = np.zeros(len(actions), bool)
+        better[rows] = s[rows] & (c[rows] < cost[rows])
+        actions[better] = trial[better]
+        cost[better] = c[better]
+        changed += better
+    return actions, changed, np.where(success, cost, np.inf)
+
+
+@functools.partial(jax.jit, static_argnames="record")
+def _rollout_per_episode_policy(policy, params, tasks, seeds, key, record=True):
+    """Run a policy whose knob differs per episode (a batched pytree)."""
     keys = jax.random.split(key, tasks.shape[0])
 
     def one(pol, task, seed, k):
-        return rollout(pol, params, task[None], seed[None], k, record=True)
+        return rollout(pol, params, task[None], seed[None], k, record=record)
 
     out = jax.vmap(one)(policy, tasks, seeds, keys)
     return jax.tree.map(lambda x: x[:, 0], out)

@@ -428,7 +428,7 @@ def _fake_mixed_rollouts(store, hard, calls):
     from the store's always-expensive observations with :func:`_mixed_models`."""
     per_task = N_STRATA * PER_STRATUM
 
-    def fake(policy, params, tasks, seeds, key):
+    def fake(policy, params, tasks, seeds, key, record=True):
         calls.append((np.asarray(policy.p), np.asarray(tasks), np.asarray(seeds)))
         rows = np.repeat(hard, per_task)
         candidates = np.tile(np.arange(per_task), hard.size)
@@ -505,6 +505,7 @@ def test_synthesis_picks_the_cheapest_success_and_balances_weights(
         min_successes=MIN_SUCCESSES,
         rollouts_per_stratum=PER_STRATUM,
         class_weights=class_weights,
+        prune=False,
     )
 
     # R mixed rollouts per Hard task and stratum p = k / N, k = 1..N
@@ -630,6 +631,7 @@ def test_synthesis_on_real_mixed_rollouts_is_reproducible_from_its_key(monkeypat
             n_strata=n_strata,
             min_successes=MIN_SUCCESSES,
             rollouts_per_stratum=per_stratum,
+            prune=False,
         )
 
     a, report_a = synthesize(7)
@@ -681,3 +683,88 @@ def test_synthesis_on_real_mixed_rollouts_is_reproducible_from_its_key(monkeypat
     assert report_a["chosen_strata"] == {
         f"{(s + 1) / n_strata:.2f}": int(counts[s]) for s in range(n_strata)
     }
+
+
+# ---------------------------------------------------------------- hindsight pruning
+def _one_bottleneck_params(n_tasks=3, bottleneck=4):
+    """Return household params where every call succeeds, except that at subgoal
+    ``bottleneck`` of every task only the expensive model does (and a cheap failure
+    there loses nothing: it is simply retried)."""
+    params = _params()
+    p = np.ones(params.p_success.shape, np.float32)[:n_tasks]
+    p[:, bottleneck, 0] = 0.0
+    zeros = np.zeros(params.p_derail.shape, np.float32)[:n_tasks]
+    n_sub = np.full(n_tasks, 8, np.int32)
+    return params.replace(
+        p_success=jax.numpy.asarray(p),
+        p_derail=jax.numpy.asarray(zeros),
+        p_lost=jax.numpy.asarray(zeros),
+        n_subgoals=jax.numpy.asarray(n_sub),
+        **{
+            k: getattr(params, k)[:n_tasks]
+            for k in (
+                "prompt_tokens",
+                "completion_lo",
+                "completion_hi",
+                "features",
+                "step_features",
+            )
+        },  # fmt: skip
+    )
+
+
+def test_pruning_keeps_only_the_expensive_calls_that_made_the_difference():
+    params = _one_bottleneck_params()
+    horizon = params.horizon
+    scripts = np.zeros((3, horizon), np.int32)
+    scripts[0, :8] = 1  # all expensive: only the bottleneck call is needed
+    scripts[1, [1, 4, 6]] = 1  # the bottleneck plus two calls it can do without
+    scripts[2, 1] = 1  # misses the bottleneck: fails, and is left alone
+    seeds = np.array([11, 12, 13], np.uint32)
+    pruned, changed, cost = warmstart.prune_expensive_calls(
+        params, np.arange(3), seeds, scripts
+    )
+    expected = np.zeros_like(scripts)
+    expected[:2, 4] = 1
+    expected[2] = scripts[2]
+    np.testing.assert_array_equal(pruned[:, :8], expected[:, :8])
+    np.testing.assert_array_equal(changed, [7, 2, 0])
+    assert np.isinf(cost[2]) and np.all(np.isfinite(cost[:2]))
+    # The pruned scripts succeed, and cost what one expensive call among cheap ones does
+    play = warmstart._rollout_per_episode_policy(
+        warmstart.Scripted(jax.numpy.asarray(pruned)),
+        params,
+        jax.numpy.arange(3),
+        jax.numpy.asarray(seeds),
+        jax.random.key(0),
+        record=False,
+    )
+    np.testing.assert_array_equal(np.asarray(play["success"]), [True, True, False])
+    np.testing.assert_allclose(np.asarray(play["cost"])[:2], cost[:2], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(play["expensive_calls"]), [1, 1, 1])
+
+
+def test_pruned_synthesis_is_reproducible_and_clones_fewer_expensive_calls():
+    store = _designed_store()
+
+    def synthesize(seed, prune):
+        return warmstart.synthesize_sft(
+            _params(),
+            store,
+            jax.random.key(seed),
+            n_strata=4,
+            min_successes=MIN_SUCCESSES,
+            rollouts_per_stratum=2,
+            prune=prune,
+        )
+
+    a, report_a = synthesize(3, True)
+    b, report_b = synthesize(3, True)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert report_a == report_b
+    unpruned, report = synthesize(3, False)
+    assert report["pruned_calls"] == 0 and report_a["pruned_calls"] > 0
+    assert np.sum(a["action"] > 0) < np.sum(unpruned["action"] > 0)
+    # Pruning changes the targets of Hard tasks, never the all-cheap ones
+    assert np.sum(a["action"] == 0) > np.sum(unpruned["action"] == 0)
