@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -55,11 +56,21 @@ def parse_config(config_cls, argv=None, description: str | None = None):
     """Return an instance of ``config_cls`` built from command-line flags.
 
     Every field becomes ``--field-name``; tuples are given comma-separated, booleans as
-    ``true``/``false``, optional values as ``none``.
+    ``true``/``false``, optional values as ``none``. ``--config PATH`` reads field
+    values from a JSON object first (see :func:`load_config_file`); flags given on the
+    command line override them.
     """
     parser = argparse.ArgumentParser(
         description=description or config_cls.__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        dest=_CONFIG_DEST,
+        default=None,
+        metavar="PATH",
+        help="JSON file of field values (an object keyed by field name); flags given "
+        "on the command line override it.",
     )
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
@@ -73,11 +84,89 @@ def parse_config(config_cls, argv=None, description: str | None = None):
             help=help_text,
             metavar=f.name.upper(),
         )
-    ns = parser.parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", dest=_CONFIG_DEST, default=None)
+    path = getattr(pre.parse_known_args(argv)[0], _CONFIG_DEST)
+    if path is not None:
+        try:
+            parser.set_defaults(**load_config_file(config_cls, path))
+        except ValueError as err:
+            parser.error(str(err))
+    values = vars(parser.parse_args(argv))
+    values.pop(_CONFIG_DEST)
     try:
-        return config_cls(**vars(ns))
+        return config_cls(**values)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
+
+
+_CONFIG_DEST = "_config_file"
+
+
+def load_config_file(config_cls, path: str | Path) -> dict:
+    """Return the field values of ``config_cls`` stored in the JSON file ``path``.
+
+    The file holds one object keyed by field name (``-`` may stand for ``_``); lists
+    give tuple fields, ``null`` an optional value, and a string is read as the flag
+    would read it. Raises ``ValueError`` naming the file for an unreadable file, bad
+    JSON (with its line and column), an unknown key or a value of the wrong type.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"config file {path}: cannot read it ({err.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"config file {path}, line {err.lineno}, column {err.colno}: "
+            f"invalid JSON ({err.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a JSON object of field values")
+    hints = typing.get_type_hints(config_cls)
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    values = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"config file {path}: unknown key {key!r} "
+                f"(not a field of {config_cls.__name__}){hint}"
+            )
+        try:
+            values[name] = _from_json(hints[name], value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"config file {path}: key {key!r}: {err}") from None
+    return values
+
+
+def _from_json(tp, value):
+    """Return a JSON ``value`` as the field type ``tp`` wants it."""
+    if isinstance(value, str) and tp is not str:
+        return _parser_for(tp)(value)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _from_json(next(a for a in args if a is not type(None)), value)
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {value!r}")
+        return tuple(_from_json(args[0], v) if args else v for v in value)
+    if tp is bool or tp is str:
+        if not isinstance(value, tp):
+            raise TypeError(f"expected {tp.__name__}, got {value!r}")
+        return value
+    if tp is int or tp is float:
+        ok = (int,) if tp is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok):
+            raise TypeError(f"expected {tp.__name__}, got {value!r}")
+        return tp(value)
+    return value
 
 
 def write_json(path: Path, data) -> None:
