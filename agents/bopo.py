@@ -30,13 +30,28 @@ successful expensive reference lifts the baseline above their reward, so their
 (cheap) actions are pushed down. Without reference guidance (ablation) the pool is the
 ``G`` rollouts alone, as in GRPO, and such a group gets no signal at all.
 
-**Update.** The trajectory advantage is given to every step of the rollout; the loss is
-PPO's clipped objective on per-step probability ratios, averaged over valid steps, plus
-``kl_coef`` times the exact KL divergence from the warm-start policy and minus
-``ent_coef`` times the entropy. The whole loop (task sampling, rollouts, advantages,
-epochs of minibatch updates) is one ``lax.scan`` inside a pure ``train(rng, lam)``,
-which can be jitted and vmapped over seeds and trade-off weights ``lam`` (the sweep
-that traces the frontier).
+**Common random numbers.** The ``G`` rollouts of a task share one episode seed. The
+twin draws every random number from the episode seed and the step index, so the
+rollouts meet the same luck and their rewards differ through their routing alone;
+the group comparison then measures the routing, not the dice (``shared_seeds``).
+
+**Cost to go.** A call cannot change what was spent before it, so step ``t`` of
+rollout ``g`` is not charged with it. With ``P_{g,t} = (sum_{s<t} c_{g,s}) / span``
+(the rollout's spending before step ``t``, on the task's cost scale ``span =
+max(c_e - c_c, eps * c_e)``) and ``P_t`` its mean over the group::
+
+    A_{g,t} = A_g + lam * (P_{g,t} - P_t) / (std(pool) + adv_eps)
+
+which is ``A_g`` with the reward ``R_g + lam * P_{g,t}`` in place of ``R_g`` (exact
+while ``cost_rel`` is inside its clip). With ``cost_to_go=False`` (ablation) every
+step gets ``A_g``.
+
+**Update.** The loss is PPO's clipped objective on per-step probability ratios with
+the advantage ``A_{g,t}``, averaged over valid steps, plus ``kl_coef`` times the exact
+KL divergence from the warm-start policy and minus ``ent_coef`` times the entropy. The
+whole loop (task sampling, rollouts, advantages, epochs of minibatch updates) is one
+``lax.scan`` inside a pure ``train(rng, lam)``, which can be jitted and vmapped over
+seeds and trade-off weights ``lam`` (the sweep that traces the frontier).
 """
 
 from __future__ import annotations
@@ -93,6 +108,12 @@ class BoPOConfig:
     """Put the boundary references in the group baseline (off: ablation)."""
     boundary_relative: bool = True
     """Measure cost and success against the task's boundaries (off: raw cost)."""
+    shared_seeds: bool = True
+    """Give the ``G`` rollouts of a task one episode seed: common random numbers, so
+    that the group's outcomes differ by the routing, not by luck (off: ablation)."""
+    cost_to_go: bool = True
+    """Leave out of a step's advantage what its rollout spent before it (off: the
+    whole trajectory's cost, ablation)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of each tower (must match the warm start)."""
 
@@ -120,17 +141,25 @@ def task_rewards(
     reference array (``cheap_cost``, ``expensive_cost``); ``cost_scale`` is the global
     cost of the raw-cost ablation.
     """
+    span = cost_span(ref, config, cost_scale)
     if config.boundary_relative:
-        span = jnp.maximum(
-            ref["expensive_cost"] - ref["cheap_cost"],
-            config.cost_eps * ref["expensive_cost"],
-        )
         cost_rel = jnp.clip((cost - ref["cheap_cost"]) / span, -1.0, 3.0)
         credit = 1.0 + config.hard_bonus * is_hard
     else:
-        cost_rel = cost / cost_scale
+        cost_rel = cost / span
         credit = jnp.ones_like(cost)
     return success * credit - lam * cost_rel
+
+
+def cost_span(ref: dict, config: BoPOConfig, cost_scale: jax.Array) -> jax.Array:
+    """Return the USD that one unit of relative cost stands for: per task
+    ``max(c_e - c_c, cost_eps * c_e)`` (shaped like the reference arrays), or the
+    global ``cost_scale`` in the raw-cost ablation."""
+    if not config.boundary_relative:
+        return jnp.asarray(cost_scale, jnp.float32)
+    return jnp.maximum(
+        ref["expensive_cost"] - ref["cheap_cost"], config.cost_eps * ref["expensive_cost"]
+    )
 
 
 def group_advantages(
@@ -146,6 +175,37 @@ def group_advantages(
     mean = pool.mean(axis=1, keepdims=True)
     std = pool.std(axis=1, keepdims=True)
     return (rewards - mean) / (std + config.adv_eps)
+
+
+def step_advantages(
+    rewards: jax.Array,
+    ref_rewards: jax.Array,
+    step_cost: jax.Array,
+    span: jax.Array,
+    lam: jax.Array,
+    config: BoPOConfig,
+) -> jax.Array:
+    """Return the advantage of every step of every rollout, shape (B, G, H).
+
+    ``rewards`` (B, G) and ``ref_rewards`` (B, 2) as in :func:`group_advantages`,
+    ``step_cost`` (B, G, H) the USD of each step (0 after the episode's end) and
+    ``span`` (B,) or () from :func:`cost_span`. Each step gets its rollout's group
+    advantage; with ``cost_to_go`` the relative cost the rollout had already spent
+    before the step, measured against the group's mean at the same step, is given back
+    (see the module docstring).
+    """
+    advantage = jnp.broadcast_to(
+        group_advantages(rewards, ref_rewards, config)[..., None], step_cost.shape
+    )
+    if not config.cost_to_go:
+        return advantage
+    pool = jnp.concatenate([rewards, ref_rewards], axis=1)
+    pool = pool if config.reference_guided else rewards
+    scale = pool.std(axis=1) + config.adv_eps
+    span = jnp.broadcast_to(span, scale.shape)
+    past = (jnp.cumsum(step_cost, axis=-1) - step_cost) / span[:, None, None]
+    past = past - past.mean(axis=1, keepdims=True)
+    return advantage + lam * past / scale[:, None, None]
 
 
 def reference_rewards(
@@ -215,7 +275,7 @@ def make_train(
         valid = batch["valid"].astype(jnp.float32)
         n_valid = jnp.maximum(valid.sum(), 1.0)
         ratio = jnp.exp(logp - batch["logp_old"])
-        adv = batch["advantage"][:, None]
+        adv = batch["advantage"]
         clipped = jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps)
         pg = -jnp.minimum(ratio * adv, clipped * adv)
         probs = jnp.exp(logp_all)
@@ -250,7 +310,10 @@ def make_train(
             # Sample tasks, roll out a group of the current policy on each
             rows = jax.random.randint(k_task, (b,), 0, n_tasks)
             group_tasks = jnp.repeat(tasks[rows], g)
-            seeds = jax.random.bits(k_seed, (b * g,), jnp.uint32)
+            if config.shared_seeds:
+                seeds = jnp.repeat(jax.random.bits(k_seed, (b,), jnp.uint32), g)
+            else:
+                seeds = jax.random.bits(k_seed, (b * g,), jnp.uint32)
             policy = NetworkPolicy(state.params, normalizer, network, greedy=False)
             out = rollout(policy, params, group_tasks, seeds, k_roll, record=True)
             traj = out["trajectory"]
@@ -271,7 +334,14 @@ def make_train(
                 cost_scale,
             )
             ref_rewards = reference_rewards(ref, is_hard, lam, config, cost_scale)
-            advantage = group_advantages(rewards, ref_rewards, config).reshape(-1)
+            advantage = step_advantages(
+                rewards,
+                ref_rewards,
+                traj["cost"].reshape(b, g, -1),
+                cost_span(ref, config, cost_scale),
+                lam,
+                config,
+            ).reshape(b * g, -1)
 
             # Probabilities of the behaviour and of the warm start
             logp_old, _ = log_probs(state.params, traj["obs"], traj["action"])

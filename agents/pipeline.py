@@ -24,6 +24,7 @@ from agents.baselines import fit_step_router
 from agents.bopo import BoPOConfig
 from agents.bopo import make_train as make_bopo_train
 from agents.checkpoint import Checkpointer
+from agents.devices import shard_seeds
 from agents.evaluate import (
     Episodes,
     MethodResult,
@@ -60,7 +61,8 @@ class RecipeConfig:
     min_successes: int = _field(3, "Successful boundary runs a task needs to count.")
     n_strata: int = _field(10, "Strata of the expensive-call probability in synthesis.")
     rollouts_per_stratum: int = _field(4, "Mixed rollouts per stratum and Hard task.")
-    hidden_sizes: tuple[int, ...] = _field((64, 64), "Hidden widths of each tower.")
+    prune: bool = _field(True, "Prune the Hard targets to the expensive calls needed.")
+    hidden_sizes: tuple[int, ...] = _field((32, 32), "Hidden widths of each tower.")
     bc_epochs: int = _field(10, "Behaviour-cloning epochs.")
     bc_learning_rate: float = _field(1e-3, "Behaviour-cloning step size.")
     updates: int = _field(200, "Fine-tuning updates.")
@@ -68,12 +70,14 @@ class RecipeConfig:
     group_size: int = _field(8, "Rollouts per task and update (BoPO's group).")
     learning_rate: float = _field(5e-4, "Fine-tuning step size.")
     lams: tuple[float, ...] = _field(
-        (0.05, 0.15, 0.3, 0.45, 0.6, 0.8), "Cost weights swept to trace the frontier."
+        (0.0, 0.02, 0.05, 0.15, 0.3, 0.6), "Cost weights swept to trace the frontier."
     )
     seeds: int = _field(1, "Independent fine-tuning seeds (vmapped).")
     chunks: int = _field(4, "Checkpoints taken during fine-tuning.")
     reference_guided: bool = _field(True, "BoPO: boundary references in the baseline.")
     boundary_relative: bool = _field(True, "BoPO: cost and success against boundaries.")
+    shared_seeds: bool = _field(True, "BoPO: one episode seed per group (common luck).")
+    cost_to_go: bool = _field(True, "BoPO: charge a step only the cost from it on.")
     warm_start: bool = _field(True, "Start fine-tuning from the cloned policy.")
     expensive_cap: int | None = _field(None, "Cap on expensive calls (preset default).")
     budget_usd: float | None = _field(None, "Hard budget per task in USD (none).")
@@ -227,6 +231,8 @@ class Recipe:
             store,
             self._stage_key("synthesis"),
             n_strata=self.config.n_strata,
+            rollouts_per_stratum=self.config.rollouts_per_stratum,
+            prune=self.config.prune,
             min_successes=self.config.min_successes,
         )
         n_features = dataset["features"].shape[1]
@@ -267,6 +273,8 @@ class Recipe:
             learning_rate=c.learning_rate,
             reference_guided=c.reference_guided,
             boundary_relative=c.boundary_relative,
+            shared_seeds=c.shared_seeds,
+            cost_to_go=c.cost_to_go,
             hidden_sizes=c.hidden_sizes,
         )
 
@@ -312,6 +320,7 @@ class Recipe:
         if self.resume and ckpt.latest_step() is not None:
             states, done = ckpt.restore(template, cfg)
             self.log(f"stage=finetune status=restored updates={done}")
+        keys, states = shard_seeds((keys, states))  # seeds split over the devices
         start = time.perf_counter()
         bar = (
             self.progress(total=cfg.updates, initial=done, desc="bopo")
@@ -356,7 +365,7 @@ class Recipe:
 
         # The cloned policy, swept over a threshold on its expensive probability
         results["warm start"] = _threshold_sweep(
-            "warm start", bc_state.params, bc_state.normalizer, network, episodes, ref
+            "warm start", bc_state, network, store, episodes, ref
         )
 
         # The fine-tuned policies: one point per (seed, lam), greedy, and the lam -> inf
@@ -438,16 +447,41 @@ def _points_result(name: str, pts: dict, n: int | None = None) -> MethodResult:
     return res
 
 
-def _threshold_sweep(name, params, normalizer, network, episodes, ref, n: int = 9):
-    """Sweep a threshold on the policy's probability of leaving the cheapest model."""
+def _threshold_sweep(name, bc_state, network, store, episodes, ref, n: int = 16):
+    """Sweep a threshold on the policy's probability of leaving the cheapest model.
+
+    The thresholds are upper quantiles of that probability over (a sample of) the
+    decisions of the training tasks' boundary runs (40% to 99.9% quantiles, denser towards
+    the top), so the sweep follows the policy's own scale: a cloned policy that gives
+    the expensive model a few percent where it matters and far less elsewhere is swept
+    where its ranking of decisions changes.
+    """
+    obs = [
+        jax.tree.map(lambda x, v=v: x[v], t["obs"])
+        for t in store.trajectories.values()
+        for v in [np.asarray(t["valid"])]
+    ]
+    obs = jax.tree.map(lambda *x: np.concatenate(x), *obs)
+    stride = max(1, len(obs["step"]) // 50_000)  # a sample of at most 50k decisions
+    obs = jax.tree.map(lambda x: x[::stride], obs)
+    policy = _ThresholdPolicy(bc_state.params, bc_state.normalizer, network, 0.0)
+    probs = np.asarray(_expensive_prob(policy, obs))
+    thresholds = np.unique(np.quantile(probs, 1.0 - np.geomspace(0.6, 0.001, n)))
     return sweep(
         name,
         "threshold",
-        lambda th: _ThresholdPolicy(params, normalizer, network, jnp.float32(th)),
-        np.linspace(0.1, 0.9, n),
+        lambda th: _ThresholdPolicy(
+            bc_state.params, bc_state.normalizer, network, jnp.float32(th)
+        ),
+        thresholds,
         episodes,
         ref,
     )
+
+
+@jax.jit
+def _expensive_prob(policy, obs):
+    return jax.vmap(policy.expensive_prob)(obs)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -470,11 +504,14 @@ class _ThresholdPolicy:
     def init_carry(self, obs):
         return ()
 
-    def act(self, key, obs, carry):
+    def expensive_prob(self, obs):
+        """Return the policy's probability of leaving the cheapest model."""
         x = networks.normalize(self.normalizer, networks.policy_features(obs))
         logits, _, _ = self.network.apply(self.params, x, obs["action_mask"].astype(bool))
-        probs = jax.nn.softmax(logits)
-        expensive = 1.0 - probs[0] > self.threshold
+        return 1.0 - jax.nn.softmax(logits)[0]
+
+    def act(self, key, obs, carry):
+        expensive = self.expensive_prob(obs) > self.threshold
         n_models = obs["next_call_cost"].shape[-1]
         return jnp.where(expensive, n_models - 1, 0).astype(jnp.int32), carry
 
