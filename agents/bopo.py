@@ -248,7 +248,8 @@ def make_train(
     indices of the boundary store with their ``reference`` arrays (n,) and ``classes``
     (n,); ``init_params`` and ``normalizer`` the warm start (or a fresh network's).
     ``metrics`` hold per-update means: ``success``, ``cost`` (USD), ``reward``,
-    ``expensive_share``, ``entropy``, ``kl``, ``clip_fraction``.
+    ``expensive_share``, ``entropy``, ``kl``, ``clip_fraction``, and ``steps`` (the
+    environment steps the update's rollouts took).
     """
     network = networks.ActorCritic(
         n_actions=params.n_actions, hidden_sizes=tuple(config.hidden_sizes)
@@ -374,6 +375,7 @@ def make_train(
                 "cost": cost.mean(),
                 "reward": rewards.mean(),
                 "expensive_share": counts[:, 1:].sum() / jnp.maximum(counts.sum(), 1),
+                "steps": traj["valid"].sum(),
                 "loss": loss.mean(),
                 "entropy": entropy.mean(),
                 "kl": kl.mean(),

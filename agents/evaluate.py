@@ -44,16 +44,36 @@ class Episodes:
     """Key of the policies' own random choices."""
     budgets: jax.Array | None = None
     """(B,) hard budgets in USD (``nan``: sample from ``params``), or None."""
+    caps: jax.Array | None = None
+    """(B,) caps on expensive calls (``-1``: sample from ``params``), or None."""
 
     @classmethod
-    def make(cls, params, n_tasks: int, runs: int, seed: int, budgets=None) -> Episodes:
-        """Return ``runs`` episodes of each of the first ``n_tasks`` tasks."""
+    def make(
+        cls, params, n_tasks: int, runs: int, seed: int, budgets=None, caps=None
+    ) -> Episodes:
+        """Return ``runs`` episodes of each of the first ``n_tasks`` tasks (under the
+        given budget and cap, each a scalar or one value per episode)."""
         n_tasks = min(n_tasks, params.n_tasks)
         tasks = jnp.repeat(jnp.arange(n_tasks, dtype=jnp.int32), runs)
         seeds = episode_seeds(jax.random.key(seed), tasks.shape[0])
         if budgets is not None:
             budgets = jnp.broadcast_to(jnp.asarray(budgets, jnp.float32), tasks.shape)
-        return cls(params, tasks, seeds, jax.random.key(seed + 1), budgets)
+        if caps is not None:
+            caps = jnp.broadcast_to(jnp.asarray(caps, jnp.int32), tasks.shape)
+        return cls(params, tasks, seeds, jax.random.key(seed + 1), budgets, caps)
+
+    def run(self, policy, record: bool = False) -> dict:
+        """Return :func:`agents.rollout.rollout` of ``policy`` on these episodes."""
+        return rollout(
+            policy,
+            self.params,
+            self.tasks,
+            self.seeds,
+            self.key,
+            self.budgets,
+            self.caps,
+            record=record,
+        )
 
 
 @dataclass
@@ -119,14 +139,7 @@ def sweep(
     """Run ``make_policy(value)`` on the episodes for each knob value; return the sweep."""
     result = MethodResult(name, knob)
     for value in values:
-        out = rollout(
-            make_policy(value),
-            episodes.params,
-            episodes.tasks,
-            episodes.seeds,
-            episodes.key,
-            episodes.budgets,
-        )
+        out = episodes.run(make_policy(value))
         point = summarize_rollout(out, expensive_cost_ref)
         point["knob"] = float(value)
         result.points.append(point)
@@ -199,15 +212,7 @@ def baseline_sweeps(
 def router_thresholds(router, episodes: Episodes, n: int) -> np.ndarray:
     """Return ``n`` thresholds at evenly spaced quantiles of the router's predictions
     on always-cheap trajectories of the episodes (plus 0 and above 1)."""
-    out = rollout(
-        AlwaysModel(0),
-        episodes.params,
-        episodes.tasks,
-        episodes.seeds,
-        episodes.key,
-        episodes.budgets,
-        record=True,
-    )
+    out = episodes.run(AlwaysModel(0), record=True)
     traj = out["trajectory"]
     probs = np.asarray(jax.vmap(jax.vmap(router.cheap_success_prob))(traj["obs"]))
     probs = probs[np.asarray(traj["valid"])]

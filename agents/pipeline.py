@@ -8,24 +8,27 @@ ends with the same figures as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from agents import bc, networks, oracle
+from agents import ppo_lagrangian as ppo_lag
 from agents.baselines import fit_step_router
 from agents.bopo import BoPOConfig
 from agents.bopo import make_train as make_bopo_train
 from agents.checkpoint import Checkpointer
 from agents.devices import shard_seeds
 from agents.evaluate import (
+    CHEAP,
     Episodes,
     MethodResult,
     baseline_sweeps,
@@ -34,7 +37,6 @@ from agents.evaluate import (
     sweep,
 )
 from agents.policy import NetworkPolicy
-from agents.rollout import rollout
 from agents.warmstart import BoundaryStore, collect_boundaries, synthesize_sft
 from envs import jax_env
 from envs.suite import make_suite
@@ -49,10 +51,14 @@ def _field(default, help: str):  # noqa: A002 (the flag's help text)
 class RecipeConfig:
     """One run of the recipe: boundaries, warm start, fine-tuning and evaluation."""
 
-    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_sizes", "lams", "seeds")
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "hidden_sizes", "lams", "cost_targets", "seeds",
+    )  # fmt: skip
 
     suite: str = _field("household", "Synthetic preset or replay suite (gsm8k, mmlu).")
-    method: str = _field("bopo", "Fine-tuning method (bopo).")
+    method: tuple[str, ...] = _field(
+        ("bopo",), "Fine-tuning methods: bopo, ppo-lagrangian, or both (comma-separated)."
+    )
     seed: int = _field(0, "Seed of every random draw of the run.")
     n_train_tasks: int = _field(3000, "Training tasks (boundary rollouts, fine-tuning).")
     n_test_tasks: int = _field(1024, "Held-out tasks the methods are evaluated on.")
@@ -72,6 +78,13 @@ class RecipeConfig:
     lams: tuple[float, ...] = _field(
         (0.0, 0.02, 0.05, 0.15, 0.3, 0.6), "Cost weights swept to trace the frontier."
     )
+    cost_targets: tuple[float, ...] = _field(
+        (0.4, 0.5, 0.6, 0.75, 0.9),
+        "PPO-Lagrangian: cost targets swept to trace its frontier, as fractions of "
+        "always-expensive's mean cost on the training tasks.",
+    )
+    ppo_episodes: int = _field(128, "PPO-Lagrangian: episodes per update.")
+    ppo_learning_rate: float = _field(6e-4, "PPO-Lagrangian: step size (annealed to 0).")
     seeds: int = _field(1, "Independent fine-tuning seeds (vmapped).")
     chunks: int = _field(4, "Checkpoints taken during fine-tuning.")
     reference_guided: bool = _field(True, "BoPO: boundary references in the baseline.")
@@ -90,12 +103,22 @@ class RecipeConfig:
         if self.suite not in PRESETS and self.suite not in REPLAY_SUITES:
             known = ", ".join([*PRESETS, *REPLAY_SUITES])
             raise ValueError(f"suite: unknown suite {self.suite!r}; known: {known}")
-        if self.method != "bopo":
-            raise ValueError(f"method: only 'bopo' is available, got {self.method!r}")
+        if not self.method or len(set(self.method)) != len(self.method):
+            raise ValueError(f"method needs distinct methods, got {self.method!r}")
+        for m in self.method:
+            if m not in METHODS:
+                raise ValueError(
+                    f"method: unknown method {m!r}; known: {', '.join(METHODS)}"
+                )
+        if not self.cost_targets:
+            raise ValueError("cost_targets needs at least one target")
+        for i, f in enumerate(self.cost_targets):
+            if not np.isfinite(f) or f <= 0:
+                raise ValueError(f"cost_targets[{i}] must be finite and > 0, got {f!r}")
         for name in (
             "n_train_tasks", "n_test_tasks", "eval_runs", "boundary_runs", "n_strata",
             "rollouts_per_stratum", "bc_epochs", "updates", "tasks_per_update", "seeds",
-            "chunks",
+            "chunks", "ppo_episodes",
         ):  # fmt: skip
             _positive_int(name, getattr(self, name))
         _positive_int("group_size", self.group_size, low=2)
@@ -113,7 +136,12 @@ class RecipeConfig:
         for i, lam in enumerate(self.lams):
             if not np.isfinite(lam) or lam < 0:
                 raise ValueError(f"lams[{i}] must be finite and >= 0, got {lam!r}")
-        for name in ("bc_learning_rate", "learning_rate"):
+        if self.ppo_episodes % ppo_lag.PPOLagConfig.minibatches:
+            raise ValueError(
+                f"ppo_episodes must be a multiple of {ppo_lag.PPOLagConfig.minibatches} "
+                "(the minibatches of an update)"
+            )
+        for name in ("bc_learning_rate", "learning_rate", "ppo_learning_rate"):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be finite and > 0, got {value!r}")
@@ -128,6 +156,10 @@ class RecipeConfig:
             raise ValueError(f"budget_usd must be finite and > 0, got {self.budget_usd!r}")
         if self.expensive_cap is not None:
             _positive_int("expensive_cap", self.expensive_cap, low=0)
+
+
+METHODS = {"bopo": "BoPO", "ppo-lagrangian": "PPO-Lagrangian"}
+"""Fine-tuning methods (flag value: name in the results)."""
 
 
 def _positive_int(name: str, value, low: int = 1) -> None:
@@ -146,6 +178,29 @@ def env_params(config: RecipeConfig, split: str):
     return jax_env.params_from_suite(
         suite, split, budget_usd=config.budget_usd, expensive_cap=cap
     ), suite
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """One fine-tuning sweep, as :meth:`Recipe.train_in_chunks` runs it."""
+
+    config: Any
+    """The algorithm's config (saved with each checkpoint); ``updates`` is the total."""
+    run: Callable
+    """Jittable ``run(keys, states, n) -> (states, metrics)``: ``n`` (static) more updates
+    of states batched over (seeds, knob values); metrics of shape (seeds, knobs, n),
+    ``steps`` among them."""
+    keys: jax.Array
+    """(seeds,) keys of the run."""
+    template: Any
+    """Fresh states, batched over (seeds, knob values): the start, and the restore
+    target of a checkpoint."""
+    knob: str
+    """Name of the swept knob."""
+    values: tuple
+    """The knob's values."""
+    line: Callable[[dict], str]
+    """Returns the log line's metrics part from scalar metrics."""
 
 
 class Recipe:
@@ -182,7 +237,10 @@ class Recipe:
                     "differ); use another --out-dir or drop --resume"
                 )
         if not self.resume and self.out.exists() and any(self.out.iterdir()):
-            for name in ("boundaries.npz", "bc", "finetune", "results.json"):
+            stale = ["boundaries.npz", "bc", "results.json"]
+            for m in METHODS:
+                stale += [_finetune_folder(m), f"{_finetune_folder(m)}.jsonl"]
+            for name in stale:
                 target = self.out / name
                 if target.exists():
                     _remove(target)
@@ -278,9 +336,26 @@ class Recipe:
             hidden_sizes=c.hidden_sizes,
         )
 
-    def finetune(self, store: BoundaryStore, bc_state):
-        """Return the fine-tuned states, batched over (seeds, lams), and the metrics."""
-        cfg = self.bopo_config()
+    def ppo_config(self, store: BoundaryStore) -> ppo_lag.PPOLagConfig:
+        """Return the PPO-Lagrangian config of this run: costs in units of
+        always-expensive's mean cost on the training tasks (``cost_scale``), so a
+        target of 0.6 asks for 60% of what always-expensive spends."""
+        c = self.config
+        scale = float(np.mean(store.episodes["expensive"]["cost"]))
+        return ppo_lag.PPOLagConfig(
+            updates=c.updates,
+            episodes=c.ppo_episodes,
+            learning_rate=c.ppo_learning_rate,
+            cost_mode="usd",
+            cost_target=c.cost_targets[0] * scale,
+            cost_scale=scale,
+            hidden_sizes=c.hidden_sizes,
+        )
+
+    def finetune(self, store: BoundaryStore, bc_state) -> dict:
+        """Return each method's fine-tuned states (trained, or restored when resuming),
+        keyed by method, each batched over (seeds, knob values): BoPO's cost weights
+        ``lams``, PPO-Lagrangian's ``cost_targets``."""
         params, normalizer = bc_state.params, bc_state.normalizer
         if not self.config.warm_start:
             fresh = bc.init_state(
@@ -290,6 +365,22 @@ class Recipe:
                 self._stage_key("fresh"),
             )
             params = fresh.params
+        tuned = {}
+        for method in self.config.method:
+            make = self.bopo_run if method == "bopo" else self.ppo_lagrangian_run
+            run = make(store, params, normalizer)
+            tuned[method] = self.train_in_chunks(_finetune_folder(method), run)
+        return tuned
+
+    def seed_keys(self, name: str) -> jax.Array:
+        """Return the (seeds,) keys of a fine-tuning run, drawn from the stage ``name``."""
+        seeds = jnp.arange(self.config.seeds)
+        return jax.vmap(lambda s: jax.random.fold_in(self._stage_key(name), s))(seeds)
+
+    def bopo_run(self, store, params, normalizer) -> FinetuneRun:
+        """Return BoPO's sweep over the cost weights ``lams`` from the network
+        ``params`` and its ``normalizer`` (the warm start, or a fresh network)."""
+        cfg = self.bopo_config()
         train = make_bopo_train(
             cfg,
             self.train_params,
@@ -300,9 +391,6 @@ class Recipe:
             normalizer,
         )
         lams = jnp.asarray(self.config.lams, jnp.float32)
-        seeds = jnp.arange(self.config.seeds)
-        keys = jax.vmap(lambda s: jax.random.fold_in(self._stage_key("bopo"), s))(seeds)
-        chunk = -(-cfg.updates // self.config.chunks)
 
         def run(keys, states, n):
             def one(key, lam, state):
@@ -311,46 +399,192 @@ class Recipe:
             per_lam = jax.vmap(one, in_axes=(None, 0, 0))
             return jax.vmap(per_lam, in_axes=(0, None, 0))(keys, lams, states)
 
-        run = jax.jit(run, static_argnums=2)
         template = jax.vmap(jax.vmap(lambda _l: train.init_state()))(
-            jnp.zeros((seeds.shape[0], lams.shape[0]))
+            jnp.zeros((self.config.seeds, lams.shape[0]))
         )
-        ckpt = Checkpointer(self.out / "finetune")
-        states, done, history = template, 0, []
+
+        def line(m):
+            return (
+                f"success={m['success']:.3f} cost={m['cost']:.4f} "
+                f"expensive_share={m['expensive_share']:.3f} entropy={m['entropy']:.3f}"
+            )
+
+        keys = self.seed_keys("bopo")
+        return FinetuneRun(cfg, run, keys, template, "lam", self.config.lams, line)
+
+    def ppo_lagrangian_run(self, store, params, normalizer) -> FinetuneRun:
+        """Return PPO-Lagrangian's sweep over the ``cost_targets`` from the network
+        ``params`` and its ``normalizer`` (the warm start, or a fresh network)."""
+        cfg = self.ppo_config(store)
+        tasks = jnp.asarray(store.tasks, jnp.int32)
+        train = ppo_lag.make_train(cfg, self.train_params, params, normalizer, tasks)
+        targets = jnp.asarray(self.config.cost_targets, jnp.float32) * cfg.cost_scale
+
+        def init(key, target):
+            init_key = jax.random.split(key)[0]
+            return ppo_lag.init_state(
+                cfg, self.train_params, init_key, params, normalizer, tasks, target
+            )
+
+        def run(keys, states, n):
+            def one(key, state):
+                return train(key, state, n_updates=n)
+
+            return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(keys, states)
+
+        keys = self.seed_keys("ppo-lagrangian")
+        template = jax.jit(jax.vmap(jax.vmap(init, in_axes=(None, 0)), in_axes=(0, None)))(
+            keys, targets
+        )
+
+        values = self.config.cost_targets
+        return FinetuneRun(cfg, run, keys, template, "cost_target", values, lagrangian_line)
+
+    def budget_conditioned_run(
+        self,
+        store: BoundaryStore,
+        bc_state,
+        budgets: tuple[float, float],
+        caps: tuple[int, int],
+        budget_target: float = 1.0,
+    ) -> FinetuneRun:
+        """Return the training of one router for every budget: PPO-Lagrangian from the
+        cloned policy, every training episode under a hard budget drawn uniformly from
+        ``budgets`` (USD) and a cap on expensive calls drawn from ``caps``.
+
+        The constraint bounds the mean share of each episode's budget that is spent
+        (``budget_target``; at 1 the hard budget alone binds, through budget-constrained
+        decoding, and the multiplier stays at 0). The policy reads the money and calls
+        it has left, so one policy serves every budget in the range.
+        """
+        params = self.train_params.replace(
+            budget_low=jnp.float32(budgets[0]),
+            budget_high=jnp.float32(budgets[1]),
+            cap_low=jnp.int32(caps[0]),
+            cap_high=jnp.int32(caps[1]),
+        )
+        return self._budget_run(
+            store, bc_state, budget_target, "budget_target", (budget_target,), [params]
+        )
+
+    def per_budget_run(
+        self,
+        store: BoundaryStore,
+        bc_state,
+        budgets: tuple[float, ...],
+        cap: int | None,
+        budget_target: float = 1.0,
+    ) -> FinetuneRun:
+        """Return the training of one policy per budget of ``budgets`` (USD), each only
+        ever under that budget (and ``cap``), as :meth:`budget_conditioned_run` trains."""
+        cap = jax_env.NO_CAP if cap is None else cap
+        variants = [
+            self.train_params.replace(
+                budget_low=jnp.float32(b),
+                budget_high=jnp.float32(b),
+                cap_low=jnp.int32(cap),
+                cap_high=jnp.int32(cap),
+            )
+            for b in budgets
+        ]
+        return self._budget_run(
+            store, bc_state, budget_target, "budget", tuple(budgets), variants
+        )
+
+    def _budget_run(self, store, bc_state, target, knob, values, variants):
+        """Return PPO-Lagrangian in budget-fraction mode, batched over (seeds,
+        ``variants``: the twin's parameters of each knob value)."""
+        cfg = dataclasses.replace(
+            self.ppo_config(store),
+            cost_mode="budget_fraction",
+            cost_target=float(target),
+            cost_scale=0.0,
+        )
+        tasks = jnp.asarray(store.tasks, jnp.int32)
+        params, normalizer = bc_state.params, bc_state.normalizer
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *variants)
+
+        def run(keys, states, n):
+            def one(key, env, state):
+                train = ppo_lag.make_train(cfg, env, params, normalizer, tasks)
+                return train(key, state, n_updates=n)
+
+            per_variant = jax.vmap(one, in_axes=(None, 0, 0))
+            return jax.vmap(per_variant, in_axes=(0, None, 0))(keys, stacked, states)
+
+        def init(key, env):
+            init_key = jax.random.split(key)[0]
+            return ppo_lag.init_state(cfg, env, init_key, params, normalizer, tasks)
+
+        keys = self.seed_keys(f"budgets-{knob}")
+        template = jax.jit(jax.vmap(jax.vmap(init, in_axes=(None, 0)), in_axes=(0, None)))(
+            keys, stacked
+        )
+        return FinetuneRun(cfg, run, keys, template, knob, values, lagrangian_line)
+
+    def train_in_chunks(self, name: str, job: FinetuneRun):
+        """Return the states of ``job`` after ``job.config.updates`` updates, run in
+        ``chunks`` pieces, each checkpointed in the folder ``name`` of the run folder
+        (resuming from its latest checkpoint when asked). Logs one line per piece and
+        writes every update's metrics for every (seed, knob value) to ``name.jsonl``."""
+        cfg = job.config
+        ckpt = Checkpointer(self.out / name)
+        history = self.out / f"{name}.jsonl"
+        run = jax.jit(job.run, static_argnums=2)
+        chunk = -(-cfg.updates // self.config.chunks)
+        states, done = job.template, 0
         if self.resume and ckpt.latest_step() is not None:
-            states, done = ckpt.restore(template, cfg)
-            self.log(f"stage=finetune status=restored updates={done}")
-        keys, states = shard_seeds((keys, states))  # seeds split over the devices
+            states, done = ckpt.restore(job.template, cfg)
+            self.log(f"stage={name} status=restored updates={done}")
+        keys, states = shard_seeds((job.keys, states))  # seeds split over the devices
         start = time.perf_counter()
-        bar = (
-            self.progress(total=cfg.updates, initial=done, desc="bopo")
-            if (self.progress)
-            else None
-        )
+        bar = None
+        if self.progress is not None:
+            bar = self.progress(total=cfg.updates, initial=done, desc=name)
         while done < cfg.updates:
             n = min(chunk, cfg.updates - done)
+            t0 = time.perf_counter()
             states, metrics = run(keys, states, n)
+            metrics = jax.tree.map(np.asarray, metrics)
+            rate = float(np.sum(metrics["steps"])) / (time.perf_counter() - t0)
+            _append_history(history, metrics, done, job.knob, job.values)
             done += n
             ckpt.save(done, states, cfg)
-            history.append(jax.tree.map(np.asarray, metrics))
-            m = jax.tree.map(lambda x: float(np.mean(x[..., -1])), metrics)
-            self.log(
-                f"stage=finetune updates={done} success={m['success']:.3f} "
-                f"cost={m['cost']:.4f} expensive_share={m['expensive_share']:.3f} "
-                f"entropy={m['entropy']:.3f}"
-            )
+            last = jax.tree.map(lambda x: float(np.mean(x[..., -1])), metrics)
+            self.log(f"stage={name} updates={done} {job.line(last)} steps_per_s={rate:.0f}")
             if bar is not None:
                 bar.update(n)
         if bar is not None:
             bar.close()
-        self.timings["finetune"] = self.timings.get("finetune", 0) + (
-            time.perf_counter() - start
-        )
+        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - start)
         return states
 
     def evaluate(self, store: BoundaryStore, bc_state, states) -> dict:
-        """Return every method's sweep and efficiency on the held-out tasks."""
+        """Return every method's sweep and efficiency on the held-out tasks:
+        ``{"results", "scores", "cost_unit"}``, the last always-expensive's mean cost on
+        the training tasks (USD; PPO-Lagrangian's cost targets are fractions of it)."""
         start = time.perf_counter()
+        refs = self.evaluate_references(store, bc_state)
+        tuned = self.evaluate_tuned(states, refs)
+        results = {**refs.results, **tuned}
+        scores = score_all(results, refs.oracle, per_seed=list(tuned))
+        if refs.oracle is not None:
+            results["oracle"] = refs.oracle
+        for method, res in results.items():
+            for p in res.points:
+                self.log(
+                    f"eval method={method.replace(' ', '-')} knob={_fmt(p.get('knob'))} "
+                    f"success={p['success']:.4f} mean_cost={p['mean_cost']:.5f} "
+                    f"expensive_share={_fmt(p.get('expensive_share'))} "
+                    f"overspends={p.get('overspends', 0)}"
+                )
+        self.timings["evaluate"] = time.perf_counter() - start
+        unit = float(np.mean(store.episodes["expensive"]["cost"]))
+        return {"results": results, "scores": scores, "cost_unit": unit}
+
+    def evaluate_references(self, store: BoundaryStore, bc_state) -> References:
+        """Return what every fine-tuned method is measured against on the held-out
+        tasks: the baselines, the warm start, the plug-in planner and the oracle."""
         c = self.config
         episodes = Episodes.make(self.test_params, c.n_test_tasks, c.eval_runs, c.seed + 17)
         router = None
@@ -368,71 +602,139 @@ class Recipe:
             "warm start", bc_state, network, store, episodes, ref
         )
 
-        # The fine-tuned policies: one point per (seed, lam), greedy, and the lam -> inf
-        # end of the sweep, where every router falls back to always-cheap
-        name = "BoPO"
-        tuned = MethodResult(name, "lam")
-        cheap_end = dict(results["always-cheap"].points[0], knob=None)
-        tuned.points.append(cheap_end)
-        for s in range(c.seeds):
-            for i, lam in enumerate(c.lams):
-                p = jax.tree.map(lambda x, s=s, i=i: x[s, i], states.params)
-                out = rollout(
-                    NetworkPolicy(p, bc_state.normalizer, network),
-                    episodes.params,
-                    episodes.tasks,
-                    episodes.seeds,
-                    episodes.key,
-                    episodes.budgets,
-                )
-                point = summarize_rollout(out, ref)
-                point.update(knob=float(lam), seed=s)
-                tuned.points.append(point)
-        results[name] = tuned
-
         # The oracle and the plug-in planner (synthetic suites)
         oracle_result = None
+        tasks = np.asarray(episodes.tasks[:: c.eval_runs])
         if c.oracle and c.suite in PRESETS:
-            tasks = np.asarray(episodes.tasks[:: c.eval_runs])
             orc = oracle.oracle_points(self.test_params, tasks)
             oracle_result = _points_result("oracle", orc)
             plug = oracle.plugin_points(self.suite.bank("train"), self.test_params, tasks)
             results["plug-in planner"] = _points_result("plug-in planner", plug)
         elif c.oracle:
-            tasks = np.asarray(episodes.tasks[:: c.eval_runs])
             orc = oracle.replay_oracle_points(self.test_params, tasks)
-            oracle_result = _points_result("oracle", orc, n=1)
-        scores = score_methods(results, oracle_result)
-        if oracle_result is not None and c.seeds > 1:
-            # One frontier per fine-tuning seed, each with the cheap end
+            oracle_result = _points_result("oracle", orc)
+            models = orc["models"]
+            called = (models >= 0).sum(axis=(0, 2))
+            share = (models >= 1).sum(axis=(0, 2)) / np.maximum(called, 1)
+            for p, x in zip(oracle_result.points, share, strict=True):
+                p["expensive_share"] = float(x)
+        return References(episodes, results, oracle_result, ref, network)
+
+    def evaluate_tuned(self, states: dict, refs: References) -> dict[str, MethodResult]:
+        """Return each fine-tuned method's sweep on the held-out episodes of ``refs``:
+        greedy, one point per (seed, knob value), and the cheap end of the sweep
+        (lam -> inf, target -> 0), where a router falls back to always-cheap."""
+        c = self.config
+        cheap_end = dict(refs.results[CHEAP].points[0], knob=None)
+        out = {}
+        for method, tuned in states.items():
+            if method == "bopo":
+                knob, values = "lam", c.lams
+                actor = tuned.params
+            else:
+                knob, values = "cost_target", c.cost_targets
+                actor = tuned.params["actor_critic"]
+            res = MethodResult(METHODS[method], knob, [cheap_end])
             for s in range(c.seeds):
-                one = MethodResult(
-                    f"{name} seed {s}",
-                    "lam",
-                    [cheap_end] + [p for p in tuned.points if p.get("seed") == s],
-                )
-                scores[one.name] = score_methods({**results, one.name: one}, oracle_result)[
-                    one.name
-                ]
-        if oracle_result is not None:
-            results["oracle"] = oracle_result
-        for method, res in results.items():
-            for p in res.points:
-                self.log(
-                    f"eval method={method.replace(' ', '-')} knob={_fmt(p.get('knob'))} "
-                    f"success={p['success']:.4f} mean_cost={p['mean_cost']:.5f} "
-                    f"expensive_share={_fmt(p.get('expensive_share'))} "
-                    f"overspends={p.get('overspends', 0)}"
-                )
-        self.timings["evaluate"] = time.perf_counter() - start
-        return {"results": results, "scores": scores}
+                for i, value in enumerate(values):
+                    pick = lambda x, s=s, i=i: x[s, i]  # noqa: E731
+                    policy = NetworkPolicy(
+                        jax.tree.map(pick, actor),
+                        jax.tree.map(pick, tuned.normalizer),
+                        refs.network,
+                    )
+                    point = summarize_rollout(refs.episodes.run(policy), refs.ref_cost)
+                    point.update(knob=float(value), seed=s)
+                    res.points.append(point)
+            out[res.name] = res
+        return out
+
+
+@dataclass(frozen=True)
+class References:
+    """The held-out episodes and what fine-tuned methods are measured against."""
+
+    episodes: Episodes
+    """The held-out episodes every method runs on."""
+    results: dict[str, MethodResult]
+    """Baselines (boundaries, random mix, heuristics, per-step router), the warm start
+    and, on synthetic suites, the plug-in planner."""
+    oracle: MethodResult | None
+    """The oracle's points (None without ``oracle``)."""
+    ref_cost: float
+    """Always-expensive's mean cost on the episodes, USD."""
+    network: Any
+    """The policy network module every fine-tuned router uses."""
+
+
+def score_all(
+    results: dict[str, MethodResult], oracle_result, per_seed: list[str] = ()
+) -> dict[str, float | None]:
+    """Return every method's frontier efficiency and, for the methods named in
+    ``per_seed``, one per fine-tuning seed (``"<name> seed <s>"``: that seed's points
+    with the sweep's shared end points)."""
+    scores = score_methods(results, oracle_result)
+    if oracle_result is None:
+        return scores
+    for name in per_seed:
+        res = results[name]
+        seeds = sorted({p["seed"] for p in res.points if p.get("seed") is not None})
+        if len(seeds) < 2:
+            continue
+        for s in seeds:
+            one = MethodResult(
+                f"{name} seed {s}",
+                res.knob,
+                [p for p in res.points if p.get("seed") in (s, None)],
+            )
+            scores[one.name] = score_methods({**results, one.name: one}, oracle_result)[
+                one.name
+            ]
+    return scores
+
+
+def lagrangian_line(m: dict) -> str:
+    """Return the log line's metrics of a PPO-Lagrangian update (scalar metrics)."""
+    return (
+        f"return={m['return']:.3f} success={m['success']:.3f} cost={m['cost']:.4f} "
+        f"lagrange_multiplier={m['lagrange_multiplier']:.3f} "
+        f"violation={m['violation']:.3f} expensive_share={m['expensive_share']:.3f} "
+        f"entropy={m['entropy']:.3f} kl={m['kl']:.4f}"
+    )
+
+
+def _finetune_folder(method: str) -> str:
+    """Return the name of a method's fine-tuning checkpoint folder."""
+    return "finetune" if method == "bopo" else f"finetune-{method}"
+
+
+def _append_history(path: Path, metrics: dict, done: int, knob: str, values) -> None:
+    """Append one JSON line per update and (seed, knob value) of a chunk's metrics
+    (arrays of shape (seeds, knobs, updates)), numbered from ``done + 1``; lines of
+    later updates left by an interrupted run are dropped first."""
+    kept = []
+    if path.exists():
+        kept = [
+            ln for ln in path.read_text().splitlines() if json.loads(ln)["update"] <= done
+        ]
+    seeds, knobs, n = np.shape(metrics["success"])
+    for u in range(n):
+        for s in range(seeds):
+            for k in range(knobs):
+                row = {"update": done + u + 1, "seed": s, knob: float(values[k])}
+                row.update({m: float(v[s, k, u]) for m, v in metrics.items()})
+                kept.append(json.dumps(row))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept))
+    tmp.replace(path)
 
 
 def _fmt(x):
     return "none" if x is None else f"{x:.4g}"
 
 
-def _points_result(name: str, pts: dict, n: int | None = None) -> MethodResult:
+def _points_result(name: str, pts: dict) -> MethodResult:
+    """Return the oracle's (or plug-in planner's) exact points as a method's sweep."""
     res = MethodResult(name, "lam")
     succ = pts.get("successes")
     for i, (cost, s) in enumerate(zip(pts["costs"], succ, strict=True)):

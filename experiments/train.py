@@ -1,13 +1,15 @@
 """The main job: the whole recipe on one suite, from boundaries to the frontier.
 
 Stages: boundary rollouts of the training tasks, taxonomy and stratified synthesis,
-behaviour cloning (the warm start), fine-tuning (BoPO over a sweep of cost weights),
-then evaluation on held-out tasks against the baselines, the plug-in planner and the
-oracle. Prints a line per evaluation and a summary table; writes ``results.json`` and
-``frontier.png`` to ``--out-dir``; checkpoints every stage (``--resume`` continues).
+behaviour cloning (the warm start), fine-tuning (``--method``: BoPO over a sweep of cost
+weights, PPO-Lagrangian over a sweep of cost targets, or both), then evaluation on
+held-out tasks against the baselines, the plug-in planner and the oracle. Prints a line
+per evaluation and a summary table; writes ``results.json`` and ``frontier.png`` to
+``--out-dir``; checkpoints every stage (``--resume`` continues).
 
     python -m experiments.train
     python -m experiments.train --suite science --out-dir runs/science
+    python -m experiments.train --method ppo-lagrangian --out-dir runs/lagrangian
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ def run(config: TrainConfig, log=print) -> dict:
     recipe_config = RecipeConfig(
         **{k: v for k, v in dataclasses.asdict(config).items() if k in recipe_fields}
     )
-    if recipe_config.method != "bopo":
-        raise SystemExit(f"--method {recipe_config.method!r} is not available; use bopo")
     recipe = Recipe(
         recipe_config,
         config.out_dir,
@@ -79,6 +79,7 @@ def run(config: TrainConfig, log=print) -> dict:
             "synthesis": report,
             "methods": {k: v.to_json() for k, v in results.items()},
             "scores": evaluation["scores"],
+            "cost_unit": evaluation["cost_unit"],
             "timings": recipe.timings,
             "seconds": seconds,
         },

@@ -9,9 +9,11 @@ import pytest
 from agents import bc
 from agents.bopo import (
     BoPOConfig,
+    cost_span,
     group_advantages,
     make_train,
     reference_rewards,
+    step_advantages,
     task_rewards,
 )
 from agents.policy import NetworkPolicy
@@ -71,6 +73,33 @@ def test_group_advantage_on_a_hand_computed_group():
     pool = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
     expected = (np.array([1.0, 0.0, 0.0, 1.0]) - pool.mean()) / pool.std()
     np.testing.assert_allclose(adv[0], expected, rtol=1e-6)
+
+
+def test_cost_to_go_advantage_on_a_hand_computed_group():
+    rewards = jnp.array([[1.0, 0.0]])
+    refs = jnp.array([[0.0, 1.0]])
+    step_cost = jnp.array([[[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]])  # USD per step
+    span = jnp.array([2.0])
+    lam = jnp.float32(0.4)
+    # pool {1, 0, 0, 1}: mean 0.5, std 0.5, scale 0.5 + adv_eps 0.1 = 0.6
+    a = 0.5 / 0.6
+    plain = step_advantages(
+        rewards, refs, step_cost, span, lam, BoPOConfig(cost_to_go=False)
+    )
+    np.testing.assert_allclose(plain[0], [[a, a, a], [-a, -a, -a]], rtol=1e-6)
+    # Spent before each step, over the span: [0, 0.5, 1.5] and [0, 1.5, 1.5]; the
+    # group's mean [0, 1, 1.5]; each step gets back lam * (own - mean) / scale
+    ctg = step_advantages(rewards, refs, step_cost, span, lam, BoPOConfig(cost_to_go=True))
+    back = 0.4 * 0.5 / 0.6
+    expected = [[a, a - back, a], [-a, -a + back, -a]]
+    np.testing.assert_allclose(ctg[0], expected, rtol=1e-6)
+
+
+def test_cost_span_is_per_task_or_the_global_scale():
+    span = cost_span(REF, BoPOConfig(cost_eps=0.05), 4.0)
+    np.testing.assert_allclose(span, [2.0, 0.05 * 2.05], rtol=1e-6)
+    raw = cost_span(REF, BoPOConfig(boundary_relative=False), 4.0)
+    assert float(raw) == 4.0
 
 
 def test_reference_guidance_gives_a_signal_when_every_rollout_failed_cheaply():

@@ -22,6 +22,9 @@ TINY = [
     "--tasks-per-update", "4",
     "--group-size", "4",
     "--lams", "0.1,0.6",
+    "--method", "bopo,ppo-lagrangian",
+    "--cost-targets", "0.5,0.8",
+    "--ppo-episodes", "8",
 ]  # fmt: skip
 
 
@@ -48,6 +51,7 @@ def test_main_job_writes_results_plot_and_summary(uninterrupted, capsys):
         "step-router",
         "warm start",
         "BoPO",
+        "PPO-Lagrangian",
         "oracle",
         "plug-in planner",
     ):
@@ -66,20 +70,28 @@ def test_killed_mid_stage_and_resumed_gives_the_same_figures(
     class Interrupted(Exception):
         pass
 
-    class DiesAfterFirstFinetuneSave(pipeline.Checkpointer):
+    class DiesAfterFirstPPOLagrangianSave(pipeline.Checkpointer):
+        # BoPO has finished by then: the rerun restores it whole and resumes the other
         def save(self, step, state, config):
             super().save(step, state, config)
-            if os.path.basename(self.directory) == "finetune":
+            if os.path.basename(self.directory) == "finetune-ppo-lagrangian":
                 raise Interrupted
 
-    monkeypatch.setattr(pipeline, "Checkpointer", DiesAfterFirstFinetuneSave)
+    monkeypatch.setattr(pipeline, "Checkpointer", DiesAfterFirstPPOLagrangianSave)
     with pytest.raises(Interrupted):
         train.main([*TINY, "--out-dir", str(out)])
     assert not (out / "results.json").exists()
     monkeypatch.undo()
 
+    history = out / "finetune-ppo-lagrangian.jsonl"
+    assert {json.loads(line)["update"] for line in history.read_text().splitlines()} == {
+        1,
+        2,
+    }
     train.main([*TINY, "--out-dir", str(out), "--resume", "true"])
     assert _points(out) == _points(whole)
+    for name in ("finetune.jsonl", "finetune-ppo-lagrangian.jsonl"):
+        assert (out / name).read_text() == (whole / name).read_text(), name
 
 
 def test_resume_refuses_a_folder_of_another_configuration(uninterrupted):
