@@ -1,10 +1,20 @@
 """The cost-success frontier of every method on one or more suites, several seeds.
 
 Runs the recipe of :mod:`experiments.train` on each suite with ``--seeds`` fine-tuning
-seeds (vmapped) and reports, per suite: the frontier efficiency of BoPO per seed (mean
-and spread), of the best heuristic baseline, of the plug-in planner; and the cheapest
-BoPO point within one success point of always-expensive, as a fraction of
-always-expensive's mean cost, beside the oracle's own fraction.
+seeds (vmapped) and every method of ``--method`` (both by default), then reports per
+suite and method:
+
+- frontier efficiency per seed (mean, spread, lowest) beside the best heuristic
+  baseline's and the plug-in planner's;
+- the smallest margin of each seed's frontier over every baseline's at matched costs
+  between the always-cheap and the always-expensive mean cost (positive: above every
+  baseline everywhere), and the baseline where it is smallest;
+- the cheapest point within one success point of always-expensive, as a fraction of
+  always-expensive's mean cost, beside the oracle's own fraction;
+- the least share of expensive calls among the points that reach 95% of
+  always-expensive's success (the figure single-turn routing papers report);
+- for PPO-Lagrangian, each cost target's held-out mean cost against the target, and the
+  success there against BoPO's frontier at that cost.
 
     python -m experiments.frontier --suites household,science,apps --seeds 3
 """
@@ -12,17 +22,19 @@ always-expensive's mean cost, beside the oracle's own fraction.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from agents.evaluate import best_baseline
+from agents import metrics
+from agents.evaluate import CHEAP, EXPENSIVE, RANDOM, MethodResult
+from agents.pipeline import METHODS
 from experiments.cli import format_table, parse_config, write_json
 from experiments.train import TrainConfig, run
 
 HEURISTICS = ("expensive-first-k", "escalate-on-error", "budget-pacing", "step-router")
+BASELINES = (CHEAP, EXPENSIVE, RANDOM, *HEURISTICS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +44,10 @@ class FrontierConfig(TrainConfig):
     suites: tuple[str, ...] = dataclasses.field(
         default=("household", "science", "apps"),
         metadata={"help": "Suites to run (this replaces --suite)."},
+    )
+    method: tuple[str, ...] = dataclasses.field(
+        default=("bopo", "ppo-lagrangian"),
+        metadata={"help": "Fine-tuning methods (comma-separated)."},
     )
     seeds: int = dataclasses.field(default=3, metadata={"help": "Fine-tuning seeds."})
     out_dir: str = dataclasses.field(
@@ -47,79 +63,160 @@ def cheapest_fraction(points: list[dict], target: float, reference_cost: float):
     return min(costs) / reference_cost if costs else None
 
 
-def suite_row(suite: str, result: dict, seeds: int) -> dict:
-    """Return the summary row of one suite's run."""
+def least_share(points: list[dict], target: float):
+    """Return the least share of expensive calls among points with success >=
+    ``target`` (None when no point qualifies or none reports a share)."""
+    shares = [
+        p["expensive_share"]
+        for p in points
+        if p["success"] >= target and p.get("expensive_share") is not None
+    ]
+    return min(shares) if shares else None
+
+
+def seed_points(res: MethodResult, seed: int) -> list[dict]:
+    """Return the points of one fine-tuning seed (with the sweep's shared end points)."""
+    return [p for p in res.points if p.get("seed") in (seed, None)]
+
+
+def min_margin(points: list[dict], results: dict, low: float, high: float):
+    """Return ``(margin, baseline)``: the smallest lead of a frontier over any
+    baseline's at matched costs in ``[low, high]`` (USD), and where it is smallest."""
+    own = metrics.frontier_curve(
+        [p["mean_cost"] for p in points], [p["success"] for p in points]
+    )
+    worst = (np.inf, None)
+    for name in BASELINES:
+        if name not in results:
+            continue
+        other = results[name].frontier()
+        grid = np.concatenate(([low, high], own.costs, other.costs))
+        grid = grid[(grid >= low) & (grid <= high)]
+        gap = float(np.min(np.asarray(own(grid)) - np.asarray(other(grid))))
+        worst = min(worst, (gap, name), key=lambda g: g[0])
+    return worst
+
+
+def method_row(suite: str, name: str, result: dict, seeds: int) -> dict:
+    """Return the summary row of one method on one suite."""
     results, scores = result["results"], result["scores"]
-    expensive = results["always-expensive"].points[0]
-    target = expensive["success"] - 0.01
-    per_seed = [scores.get(f"BoPO seed {s}") for s in range(seeds)]
-    per_seed = [x for x in per_seed if x is not None] or [scores.get("BoPO")]
-    heuristic = {k: v for k, v in scores.items() if k in HEURISTICS}
-    best_name, best = best_baseline(heuristic, exclude=()) if heuristic else (None, None)
-    bopo_fraction = [
-        cheapest_fraction(
-            [p for p in results["BoPO"].points if p.get("seed") in (s, None)],
-            target,
-            expensive["mean_cost"],
-        )
+    res = results[name]
+    cheap = results[CHEAP].points[0]
+    expensive = results[EXPENSIVE].points[0]
+    low, high = cheap["mean_cost"], expensive["mean_cost"]
+    per_seed = [scores.get(f"{name} seed {s}") for s in range(seeds)]
+    per_seed = [x for x in per_seed if x is not None] or [scores.get(name)]
+    per_seed = [x for x in per_seed if x is not None]
+    heuristic = {k: v for k, v in scores.items() if k in HEURISTICS and v is not None}
+    best_name = max(heuristic, key=heuristic.get) if heuristic else None
+    margins = [min_margin(seed_points(res, s), results, low, high) for s in range(seeds)]
+    within = expensive["success"] - 0.01
+    fractions = [
+        cheapest_fraction(seed_points(res, s), within, expensive["mean_cost"])
         for s in range(seeds)
     ]
-    known = [f for f in bopo_fraction if f is not None]
+    reach = 0.95 * expensive["success"]
+    shares = [least_share(seed_points(res, s), reach) for s in range(seeds)]
+    oracle = results.get("oracle")
     return {
         "suite": suite,
-        "bopo_efficiency": float(np.mean(per_seed)),
-        "bopo_efficiency_sd": float(np.std(per_seed)),
+        "method": name,
+        "efficiency": float(np.mean(per_seed)) if per_seed else None,
+        "efficiency_sd": float(np.std(per_seed)) if per_seed else None,
+        "efficiency_min": float(np.min(per_seed)) if per_seed else None,
+        "efficiency_per_seed": per_seed,
         "best_heuristic": best_name,
-        "best_heuristic_efficiency": best,
+        "best_heuristic_efficiency": heuristic.get(best_name),
         "plugin_efficiency": scores.get("plug-in planner"),
-        "bopo_cost_fraction": float(np.mean(known)) if known else None,
+        "min_margin": min(m[0] for m in margins),
+        "min_margin_vs": min(margins)[1],
+        "cost_fraction": _mean_known(fractions),
+        "cost_fraction_per_seed": fractions,
         "oracle_cost_fraction": cheapest_fraction(
-            results["oracle"].points, target, expensive["mean_cost"]
+            oracle.points, within, expensive["mean_cost"]
         )
-        if "oracle" in results
+        if oracle is not None
         else None,
+        "expensive_share_95": _mean_known(shares),
+        "expensive_share_95_per_seed": shares,
         "seconds": result["seconds"],
     }
 
 
-def main(argv=None) -> list[dict]:
+def _mean_known(values):
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def target_rows(suite: str, result: dict, unit: float, seeds: int) -> list[dict]:
+    """Return, per PPO-Lagrangian cost target and seed, the held-out mean cost against
+    the target (both USD) and the success there against BoPO's frontier."""
+    results = result["results"]
+    res = results.get(METHODS["ppo-lagrangian"])
+    if res is None:
+        return []
+    bopo = results.get(METHODS["bopo"])
+    bopo_curve = bopo.frontier() if bopo is not None else None
+    rows = []
+    for p in res.points:
+        if p.get("seed") is None:
+            continue
+        target = p["knob"] * unit
+        rows.append(
+            {
+                "suite": suite,
+                "seed": p["seed"],
+                "target_fraction": p["knob"],
+                "target_usd": target,
+                "mean_cost": p["mean_cost"],
+                "cost_vs_target": p["mean_cost"] / target - 1.0,
+                "success": p["success"],
+                "bopo_success_there": float(bopo_curve(p["mean_cost"]))
+                if bopo_curve is not None
+                else None,
+            }
+        )
+    return rows
+
+
+def main(argv=None) -> dict:
     """Run every suite; print and return the summary rows."""
     config = parse_config(FrontierConfig, argv)
-    rows = []
+    rows, targets = [], []
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for suite in config.suites:
         values = {k: v for k, v in dataclasses.asdict(config).items() if k in fields}
         values.update(suite=suite, out_dir=str(Path(config.out_dir) / suite))
         result = run(TrainConfig(**values))
-        rows.append(suite_row(suite, result, config.seeds))
-    print(
-        format_table(
-            rows,
-            [
-                "suite",
-                "bopo_efficiency",
-                "bopo_efficiency_sd",
-                "best_heuristic",
-                "best_heuristic_efficiency",
-                "plugin_efficiency",
-                "bopo_cost_fraction",
-                "oracle_cost_fraction",
-                "seconds",
-            ],
-            {
-                "bopo_efficiency": ".3f",
-                "bopo_efficiency_sd": ".3f",
-                "best_heuristic_efficiency": ".3f",
-                "plugin_efficiency": ".3f",
-                "bopo_cost_fraction": ".3f",
-                "oracle_cost_fraction": ".3f",
-                "seconds": ".0f",
-            },
-        )
-    )
-    write_json(Path(config.out_dir) / "frontier.json", {"rows": rows})
-    print(json.dumps({"rows": len(rows)}))
-    return rows
+        for method in config.method:
+            rows.append(method_row(suite, METHODS[method], result, config.seeds))
+        targets += target_rows(suite, result, result["cost_unit"], config.seeds)
+    columns = [
+        "suite",
+        "method",
+        "efficiency",
+        "efficiency_sd",
+        "efficiency_min",
+        "best_heuristic",
+        "best_heuristic_efficiency",
+        "plugin_efficiency",
+        "min_margin",
+        "min_margin_vs",
+        "cost_fraction",
+        "oracle_cost_fraction",
+        "expensive_share_95",
+        "seconds",
+    ]
+    formats = {c: ".3f" for c in columns if c not in ("suite", "method", "min_margin_vs")}
+    formats.update(best_heuristic="s", seconds=".0f", min_margin="+.3f")
+    print(format_table(rows, columns, formats))
+    if targets:
+        columns = list(targets[0])
+        formats = {c: ".4f" for c in columns if c not in ("suite", "seed")}
+        formats.update(cost_vs_target="+.3f", target_fraction=".2f")
+        print(format_table(targets, columns, formats))
+    write_json(Path(config.out_dir) / "frontier.json", {"rows": rows, "targets": targets})
+    return {"rows": rows, "targets": targets}
 
 
 if __name__ == "__main__":
