@@ -1,0 +1,77 @@
+"""Flags and JSON config files of the experiment scripts."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import load_config_file, parse_config
+from experiments.frontier import FrontierConfig
+from experiments.strict_budget import StrictBudgetConfig
+from experiments.train import TrainConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+
+
+def test_the_shipped_configs_exist():
+    assert [p.name for p in CONFIGS] == [
+        "accelerator.json",
+        "cpu-full.json",
+        "cpu-quick.json",
+    ]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("config_cls", [TrainConfig, FrontierConfig, StrictBudgetConfig])
+def test_every_shipped_config_parses_for_every_script(path, config_cls):
+    config = parse_config(config_cls, ["--config", str(path)])
+    for key, value in json.loads(path.read_text()).items():
+        got = getattr(config, key)
+        assert got == (tuple(value) if isinstance(value, list) else value), key
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"updates": 7, "lams": [0.1, 0.2], "router": False}))
+    config = parse_config(TrainConfig, ["--config", str(path), "--updates", "9"])
+    assert (config.updates, config.lams, config.router) == (9, (0.1, 0.2), False)
+
+
+def test_a_string_value_is_read_as_the_flag_reads_it(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"lams": "0.1,0.3", "budget-usd": "none"}))
+    values = load_config_file(TrainConfig, path)
+    assert values == {"lams": (0.1, 0.3), "budget_usd": None}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"updates": 7,\n "lams": [0.1,]}', r"c\.json, line 2, column .*invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"update": 7}', "unknown key 'update'.*did you mean 'updates'"),
+        ('{"updates": "many"}', "key 'updates'"),
+        ('{"updates": 7.5}', "key 'updates': expected int"),
+        ('{"router": 1}', "key 'router': expected bool"),
+        ('{"lams": 0.1}', "key 'lams': expected a list"),
+    ],
+)
+def test_a_bad_config_file_is_named_with_its_problem(tmp_path, text, message):
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config_file(TrainConfig, path)
+
+
+def test_a_missing_config_file_stops_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--config", str(tmp_path / "nope.json")])
+    assert "nope.json: cannot read it" in capsys.readouterr().err
+
+
+def test_a_config_value_the_dataclass_refuses_stops_the_parser(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"min_successes": 9}))
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--config", str(path)])
+    assert "min_successes must be in [1, boundary_runs=5]" in capsys.readouterr().err
