@@ -34,7 +34,6 @@ def episode_seeds(key: jax.Array, n: int) -> jax.Array:
     return jax.random.bits(key, (n,), dtype=jnp.uint32)
 
 
-@functools.partial(jax.jit, static_argnames=("record",))
 def rollout(
     policy,
     params: jax_env.EnvParams,
@@ -55,6 +54,19 @@ def rollout(
     ``-1`` for none), ``cost``, ``reward``, ``progress`` (the call did its job: the
     step-level label a logged agent run provides) and ``valid`` (the step happened).
     """
+    return _rollout(policy, params, tasks, seeds, key, budgets, caps, record, type(policy))
+
+
+@functools.partial(jax.jit, static_argnames=("record", "policy_type"))
+def _rollout(policy, params, tasks, seeds, key, budgets, caps, record, policy_type):
+    """Return :func:`rollout`'s result, jitted once per policy class.
+
+    ``policy_type`` is part of the cache key: the tree structures of two flax dataclass
+    policies with the same fields (``ExpensiveFirst(k)``, ``EscalateOnError(m)``)
+    compare equal, so without it a hash collision in the jit cache could run one
+    policy's compiled code for the other.
+    """
+    del policy_type
     n = tasks.shape[0]
     budgets = jnp.full(n, jnp.nan) if budgets is None else budgets
     caps = jnp.full(n, -1, jnp.int32) if caps is None else caps
@@ -162,7 +174,16 @@ def run_gym_episode(env, policy, seed: int, key: jax.Array, options: dict | None
             return total_reward, total_cost, info
 
 
-_act = jax.jit(lambda policy, key, obs, carry: policy.act(key, obs, carry))
+def _act(policy, key, obs, carry):
+    return _act_jit(policy, key, obs, carry, type(policy))
+
+
+@functools.partial(jax.jit, static_argnames="policy_type")
+def _act_jit(policy, key, obs, carry, policy_type):
+    """Return ``policy.act(key, obs, carry)``, jitted once per policy class (see
+    :func:`_rollout`)."""
+    del policy_type
+    return policy.act(key, obs, carry)
 
 
 def to_numpy(tree) -> dict:

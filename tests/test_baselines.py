@@ -212,6 +212,24 @@ def _router_outputs(router, obs):
     return jax.vmap(jax.vmap(one))(obs)
 
 
+def test_policies_of_the_same_shape_each_run_their_own_code():
+    # ExpensiveFirst(k) and EscalateOnError(m) are pytrees of one int32 each, and their
+    # tree structures compare equal: each must still run its own compiled rollout
+    ep = _episodes()
+    first = evaluate.sweep("f", "k", lambda v: ExpensiveFirst(jnp.int32(v)), [3], ep)
+    escalate = evaluate.sweep("e", "m", lambda v: EscalateOnError(jnp.int32(v)), [3], ep)
+    again = evaluate.sweep("f", "k", lambda v: ExpensiveFirst(jnp.int32(v)), [3], ep)
+    for which, knob, swept in ((FIRST, "k", first), (ESCALATE, "m", escalate)):
+        out = run_heuristic(which, **{knob: 3})
+        expensive = out["model_counts"][:, 1:].sum()
+        assert swept.points[0]["expensive_share"] == pytest.approx(
+            expensive / out["model_counts"].sum()
+        )
+        assert swept.points[0]["mean_cost"] == pytest.approx(float(out["cost"].mean()))
+    assert again.points == first.points
+    assert first.points[0]["mean_cost"] != escalate.points[0]["mean_cost"]
+
+
 def test_step_router_fit_on_always_cheap_rollouts():
     # One test for the fit (it costs a compiled rollout and a training loop).
     ep = _episodes()
