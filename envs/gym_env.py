@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -70,10 +70,7 @@ class BudgetRouteEnv(gym.Env):
         self.split = split
         self.budget_range = parse_budget(budget_usd)
         self.cap_range = parse_cap(expensive_cap)
-        if isinstance(cost_penalty, bool) or not isinstance(cost_penalty, (int, float)):
-            raise TypeError(f"cost_penalty must be a number, got {cost_penalty!r}")
-        if not math.isfinite(cost_penalty) or cost_penalty < 0:
-            raise ValueError(f"cost_penalty must be finite and >= 0, got {cost_penalty!r}")
+        check_cost_penalty(cost_penalty)
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         for name, flag in (("abort_action", abort_action), ("strict", strict)):
@@ -413,6 +410,10 @@ def capped_mask(n_models: int, capped_models) -> np.ndarray:
     """Return a boolean mask of the models the expensive-call cap counts."""
     if capped_models is None:
         return np.arange(n_models) > 0
+    if isinstance(capped_models, (str, bytes)) or not isinstance(capped_models, Iterable):
+        raise TypeError(
+            f"capped_models must be a sequence of model indices, got {capped_models!r}"
+        )
     mask = np.zeros(n_models, dtype=bool)
     for i in capped_models:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
@@ -421,6 +422,16 @@ def capped_mask(n_models: int, capped_models) -> np.ndarray:
             raise ValueError(f"capped_models index {i} out of range [0, {n_models})")
         mask[i] = True
     return mask
+
+
+def check_cost_penalty(cost_penalty) -> None:
+    """Raise unless ``cost_penalty`` is a finite number >= 0."""
+    if isinstance(cost_penalty, (bool, np.bool_)) or not isinstance(
+        cost_penalty, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"cost_penalty must be a number, got {cost_penalty!r}")
+    if not math.isfinite(cost_penalty) or cost_penalty < 0:
+        raise ValueError(f"cost_penalty must be finite and >= 0, got {cost_penalty!r}")
 
 
 def feedback_code(ok: bool, troubled: bool, u: float, dyn) -> int:

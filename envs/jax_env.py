@@ -30,7 +30,7 @@ import numpy as np
 from flax import struct
 
 from envs import core
-from envs.gym_env import capped_mask
+from envs.gym_env import capped_mask, check_cost_penalty
 from envs.suite import Suite, make_suite, parse_budget, parse_cap
 
 NO_CAP = 2**30
@@ -168,10 +168,7 @@ def params_from_suite(
     """Return the parameters of the twin for one split of a suite."""
     bank = suite.bank(split)
     dyn = suite.dynamics
-    if isinstance(cost_penalty, bool) or not isinstance(cost_penalty, (int, float)):
-        raise TypeError(f"cost_penalty must be a number, got {cost_penalty!r}")
-    if not np.isfinite(cost_penalty) or cost_penalty < 0:
-        raise ValueError(f"cost_penalty must be finite and >= 0, got {cost_penalty!r}")
+    check_cost_penalty(cost_penalty)
     if not isinstance(abort_action, (bool, np.bool_)):
         raise TypeError(f"abort_action must be True or False, got {abort_action!r}")
     b_lo, b_hi = parse_budget(budget_usd)

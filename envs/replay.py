@@ -117,7 +117,7 @@ import numpy as np
 
 from envs import core
 from envs.pricing import ModelPrice, make_pool
-from envs.suite import SPLITS, Dynamics, Suite
+from envs.suite import SPLITS, Dynamics, Suite, check_seed
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -263,6 +263,13 @@ class OutcomeTable:
 
     def select_models(self, models: Sequence[str]) -> OutcomeTable:
         """Return the table restricted to ``models``, in that order; raise if absent."""
+        if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+            raise TypeError(f"models must be a sequence of model names, got {models!r}")
+        if not models:
+            raise ValueError("models must name at least one model of the table")
+        for i, name in enumerate(models):
+            if not isinstance(name, str):
+                raise TypeError(f"models[{i}] must be a model name, got {name!r}")
         index = []
         for name in models:
             if name not in self.models:
@@ -348,6 +355,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             raise ValueError(f"{path}, line 1: empty file; expected a header row") from None
         except csv.Error as err:
             raise ValueError(f"{path}, line 1: malformed CSV: {err}") from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
         _check_unique_columns(header, str(path))
         rows = []
         end = reader.line_num
@@ -359,6 +368,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
                 break
             except csv.Error as err:
                 raise ValueError(f"{path}, line {start}: malformed CSV: {err}") from None
+            except UnicodeDecodeError:
+                raise _not_utf8(path) from None
             end = reader.line_num
             if not row:
                 continue
@@ -383,13 +394,21 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict, dict]]]:
     out = []
     header: list[str] = []
     with _open_text(path) as handle:
-        for line, raw in enumerate(handle, start=1):
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+        for line, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
             try:
-                values = json.loads(raw)
+                values = json.loads(raw, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {line}: invalid JSON: {err.msg}") from None
+            except _DuplicateKey as err:
+                raise ValueError(
+                    f"{path}, line {line}, field {err.key!r}: duplicate key"
+                ) from None
             if not isinstance(values, dict):
                 raise ValueError(f"{path}, line {line}: expected a JSON object a line")
             for name in values:
@@ -400,6 +419,35 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict, dict]]]:
     if not out:
         raise ValueError(f"{path}, line 1: empty file; expected one JSON object a line")
     return header, out
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """Return a JSON object's pairs as a dict; raise on a key given twice."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _not_utf8(path: Path) -> ValueError:
+    """Return the error of a file that is not UTF-8, naming its first bad line."""
+    for line, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return ValueError(
+                f"{path}, line {line}: not UTF-8 text (byte {raw[err.start]:#04x} at "
+                f"column {err.start + 1})"
+            )
+    return ValueError(f"{path}: not UTF-8 text")
 
 
 def _check_unique_columns(header: Sequence[str], where: str) -> None:
@@ -419,6 +467,8 @@ def _check_column(name: str, where: str, known: Sequence[str]) -> tuple[str, str
     if name.startswith(IGNORED_PREFIX) or name in ITEM_COLUMNS:
         return None
     model, colon, field = name.rpartition(":")
+    if colon and not model.strip():
+        raise ValueError(f"{where}, field {name!r}: empty model name before ':'")
     if not colon or not model:
         models = {c.rpartition(":")[0] for c in known if ":" in c}
         hint = _did_you_mean(name, [*ITEM_COLUMNS, *(f"{m}:correct" for m in models)])
@@ -479,6 +529,13 @@ def _build_table(
     (by its name in ``labels`` if there, for tables read through an adapter).
     """
     labels = labels or {}
+    fallback = fallback_completion_tokens
+    if isinstance(fallback, bool) or not isinstance(fallback, (int, np.integer)):
+        raise TypeError(f"fallback_completion_tokens must be an integer, got {fallback!r}")
+    if not 0 <= fallback <= MAX_TOKENS:
+        raise ValueError(
+            f"fallback_completion_tokens must be in [0, {MAX_TOKENS}], got {fallback!r}"
+        )
     ids, texts, sources, origin = [], [], [], []
     correct, prompt, completion = [], [], []
     first_seen: dict[str, str] = {}
@@ -611,7 +668,7 @@ def _int_field(values, name, place) -> int | None:
     value = values.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
         return value
@@ -1128,7 +1185,15 @@ class ReplayConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.success_rule not in SUCCESS_RULES:
+        for name in ("history", "feedback"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}"
+                )
+        object.__setattr__(self, "history", bool(self.history))
+        object.__setattr__(self, "feedback", bool(self.feedback))
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        if not isinstance(self.success_rule, str) or self.success_rule not in SUCCESS_RULES:
             raise ValueError(
                 f"success_rule must be one of {sorted(SUCCESS_RULES)}, "
                 f"got {self.success_rule!r}"
@@ -1270,11 +1335,11 @@ def replay_suite(
         name=name,
         session_items=session_items,
         success_rule=success_rule,
-        history=bool(history),
-        seed=int(seed),
+        history=history,
+        seed=seed,
         test_fraction=test_fraction,
         passes=passes,
-        feedback=bool(feedback),
+        feedback=feedback,
     )
     prepared = prepare_replay(name, data_dir, seed, test_fraction, cache_dir, use_cache)
     default = REPLAY_SUITES[name].models
@@ -1304,11 +1369,11 @@ def table_suite(
         name=name,
         session_items=session_items,
         success_rule=success_rule,
-        history=bool(history),
-        seed=int(seed),
+        history=history,
+        seed=seed,
         test_fraction=test_fraction,
         passes=passes,
-        feedback=bool(feedback),
+        feedback=feedback,
     )
     prepared = prepare_table(table, name, seed, test_fraction)
     return _suite(prepared, table.models if models is None else models, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class Suite:
 
     def bank(self, split: str) -> core.TaskBank:
         """Return the task bank of a split; raise on an unknown split."""
-        if split not in self.banks:
+        if not isinstance(split, str) or split not in self.banks:
             raise ValueError(f"split must be one of {sorted(self.banks)}, got {split!r}")
         return self.banks[split]
 
@@ -135,8 +136,12 @@ def make_suite(
             )
         return suite
     for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    n_train, n_test = int(n_train), int(n_test)
+    seed = check_seed(seed, "suite_seed")
+    if suite_kwargs is not None and not isinstance(suite_kwargs, dict):
+        raise TypeError(f"suite_kwargs must be a dict, got {suite_kwargs!r}")
     if isinstance(suite, SyntheticConfig):
         if suite_kwargs:
             raise ValueError("suite_kwargs apply to replay suites only")
@@ -151,12 +156,43 @@ def make_suite(
         from envs import replay  # noqa: PLC0415 (optional data-backed suites)
 
         if suite in replay.REPLAY_SUITES:
+            _check_replay_kwargs(suite_kwargs or {}, replay.replay_suite)
             return replay.replay_suite(
                 suite, models=models, seed=seed, **(suite_kwargs or {})
             )
         known = sorted(PRESETS) + sorted(replay.REPLAY_SUITES)
         raise ValueError(f"unknown suite {suite!r}; known: {', '.join(known)}")
     raise TypeError(f"suite must be a name, SyntheticConfig or Suite, got {suite!r}")
+
+
+SEED_LIMIT = 2**32
+"""Seeds are integers in ``[0, SEED_LIMIT)`` (larger ones would alias smaller ones)."""
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """Return ``value`` as a seed: an integer in ``[0, 2**32)``; raise naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**32), got {value!r}")
+    return int(value)
+
+
+def _check_replay_kwargs(suite_kwargs: dict, replay_suite) -> None:
+    """Raise on a key of ``suite_kwargs`` that :func:`envs.replay.replay_suite` does not
+    take, or that has an argument of its own (``models``, ``suite_seed``)."""
+    own = {"name": "suite", "models": "models", "seed": "suite_seed"}
+    known = [k for k in inspect.signature(replay_suite).parameters if k not in own]
+    for key in suite_kwargs:
+        if key in own:
+            raise ValueError(
+                f"suite_kwargs[{key!r}]: give it as the argument {own[key]}=..., not in "
+                "suite_kwargs"
+            )
+        if key not in known:
+            raise ValueError(
+                f"suite_kwargs[{key!r}]: unknown replay option; known: {', '.join(known)}"
+            )
 
 
 def parse_budget(value, name: str = "budget_usd"):

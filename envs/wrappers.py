@@ -16,6 +16,14 @@ class FlatObservation(gym.ObservationWrapper):
     def __init__(self, env: gym.Env):
         super().__init__(env)
         space = env.observation_space
+        needed = ("model_counts", "task_features", "action_mask", "step_features")
+        if not isinstance(space, gym.spaces.Dict) or any(
+            k not in space.spaces for k in needed
+        ):
+            raise TypeError(
+                "FlatObservation wraps a BudgetRoute env (a Dict observation space with "
+                f"the keys of envs.core.observation_space), got observation space {space}"
+            )
         n_models = space["model_counts"].shape[0]
         n_features = space["task_features"].shape[0]
         n_actions = space["action_mask"].n

@@ -357,3 +357,53 @@ def test_a_ready_suite_refuses_a_second_model_pool():
     suite = envs.make_suite("household", n_train=8, n_test=4)
     with pytest.raises(ValueError, match="a ready Suite already has them"):
         make(suite=suite, models=("gpt-4o-mini", "gpt-4o"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"split": ["train"]}, ValueError, r"split must be one of .*got \['train'\]"),
+        ({"capped_models": 1}, TypeError, "capped_models must be a sequence of model"),
+        ({"suite_seed": 1.5}, TypeError, "suite_seed must be an integer, got 1.5"),
+        ({"suite_seed": True}, TypeError, "suite_seed must be an integer, got True"),
+        ({"suite_seed": -1}, ValueError, r"suite_seed must be in \[0, 2\*\*32\), got -1"),
+        ({"suite_seed": 2**32}, ValueError, r"suite_seed must be in \[0, 2\*\*32\)"),
+        ({"suite_kwargs": [1]}, TypeError, r"suite_kwargs must be a dict, got \[1\]"),
+    ],
+)
+def test_bad_split_cap_models_seed_and_suite_kwargs_name_the_field(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make(n_train=8, n_test=4, **kwargs)
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are():
+    env = make(
+        n_train=np.int64(8), n_test=np.int32(4), suite_seed=np.int64(3),
+        cost_penalty=np.float32(0.5),
+    )  # fmt: skip
+    assert (env.bank.n_tasks, env.cost_penalty) == (8, 0.5)
+    reference = make(n_train=8, n_test=4, suite_seed=3)
+    assert env.bank.ids == reference.bank.ids
+    np.testing.assert_array_equal(env.bank.p_success, reference.bank.p_success)
+
+
+@pytest.mark.parametrize(
+    ("key", "match"),
+    [
+        ("seed", r"suite_kwargs\['seed'\]: give it as the argument suite_seed="),
+        ("models", r"suite_kwargs\['models'\]: give it as the argument models="),
+        ("sesion_items", r"suite_kwargs\['sesion_items'\]: unknown replay option.*"),
+    ],
+)
+def test_replay_suite_kwargs_refuse_own_arguments_and_unknown_options(key, match):
+    # Checked before any data is read, so no data folder is needed
+    with pytest.raises(ValueError, match=match):
+        envs.make_suite("gsm8k", suite_kwargs={key: 1})
+
+
+def test_flat_observation_refuses_an_env_that_is_not_budget_route():
+    with pytest.raises(TypeError, match="FlatObservation wraps a BudgetRoute env"):
+        envs.FlatObservation(gym.make("CartPole-v1"))
+    flat = envs.FlatObservation(gym.make("BudgetRoute-v0", n_train=8, n_test=4))
+    with pytest.raises(TypeError, match="FlatObservation wraps a BudgetRoute env"):
+        envs.FlatObservation(flat)

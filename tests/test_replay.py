@@ -633,3 +633,77 @@ def test_prepare_script_prints_the_summary(tmp_path, capsys):
     assert "train 48 rows, test 12 rows, 2 source(s)" in out
     assert f"always {EXPENSIVE}" in out and "86.7%" in out  # 52 of 60 right
     assert prepare_replay.main(["--data-dir", str(tmp_path / "absent")]) == 1
+
+
+# ------------------------------------------------------------- more bad input
+@pytest.mark.parametrize(("name", "line"), [("t.csv", 3), ("t.jsonl", 2)])
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path, name, line):
+    path = tmp_path / name
+    good = {"item_id": "q1", "text": "x", "a:correct": True}
+    if name.endswith(".csv"):
+        path.write_bytes(b"item_id,text,a:correct\nq1,x,true\nq2,caf\xe9,true\n")
+    else:
+        bad = json.dumps({**good, "item_id": "q2", "text": "caf#"}).encode()
+        path.write_bytes(json.dumps(good).encode() + b"\n" + bad.replace(b"#", b"\xe9"))
+    with pytest.raises(ValueError, match=rf"{name}, line {line}: not UTF-8 text"):
+        replay.load_table(path)
+
+
+def test_a_token_count_of_non_decimal_digits_names_its_field(tmp_path):
+    rows = small_rows()
+    rows[1][4] = "\u00b2"  # a superscript two: str.isdigit() but not a number
+    with pytest.raises(ValueError, match=r"line 2, field 'a:prompt_tokens': .*integer"):
+        replay.load_table(_bad(rows, tmp_path))
+
+
+def test_a_json_line_with_a_key_twice_is_an_error(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"item_id": "q1", "text": "x", "a:correct": true, "a:correct": 0}\n')
+    with pytest.raises(ValueError, match=r"line 1, field 'a:correct': duplicate key"):
+        replay.load_table(path)
+
+
+def test_a_model_column_without_a_model_name_is_an_error(tmp_path):
+    rows = small_rows()
+    rows[0][5] = ":correct"
+    with pytest.raises(ValueError, match=r"line 1, field ':correct': empty model name"):
+        replay.load_table(_bad(rows, tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("models", "error", "match"),
+    [
+        ([], ValueError, "models must name at least one model"),
+        ("ab", TypeError, "models must be a sequence of model names, got 'ab'"),
+        ([0], TypeError, r"models\[0\] must be a model name, got 0"),
+    ],
+)
+def test_load_table_models_must_be_model_names(tmp_path, models, error, match):
+    with pytest.raises(error, match=match):
+        replay.load_table(_bad(small_rows(), tmp_path), models=models)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "error"), [(-1, ValueError), (2.5, TypeError), ("32", TypeError)]
+)
+def test_fallback_completion_tokens_must_be_a_token_count(tmp_path, tokens, error):
+    with pytest.raises(error, match="fallback_completion_tokens must be"):
+        replay.load_table(_bad(small_rows(), tmp_path), fallback_completion_tokens=tokens)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"history": "no"}, TypeError, "history must be True or False, got 'no'"),
+        ({"feedback": "false"}, TypeError, "feedback must be True or False"),
+        ({"seed": 1.5}, TypeError, "seed must be an integer, got 1.5"),
+        ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*32\)"),
+        ({"success_rule": ["all"]}, ValueError, "success_rule must be one of"),
+    ],
+)
+def test_replay_settings_are_not_coerced(tmp_path, kwargs, error, match):
+    rows = [["item_id", "text", f"{CHEAP}:correct", f"{EXPENSIVE}:correct"]]
+    rows += [[f"q{i}", f"question {i}", str(i % 2), "1"] for i in range(6)]
+    table = replay.load_table(write_csv(tmp_path / "mine.csv", rows))
+    with pytest.raises(error, match=match):
+        replay.table_suite(table, "mine", **kwargs)
