@@ -50,6 +50,17 @@ from agents.rollout import episode_seeds, rollout
 STORE_FORMAT = 1
 _EPISODE_KEYS = ("task", "seed", "success", "cost", "steps")
 _STEP_KEYS = ("model", "cost", "valid")
+_KINDS = {
+    "episodes/seed": "iu",
+    "episodes/success": "b",
+    "episodes/cost": "f",
+    "episodes/steps": "iu",
+    "steps/model": "iu",
+    "steps/cost": "f",
+    "steps/valid": "b",
+}
+"""The dtype kinds (numpy ``dtype.kind``) each stored array may have."""
+_KIND_NAMES = {"iu": "integers", "b": "booleans", "f": "floats"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,13 @@ class BoundaryStore:
                 arrays = {k: data[k] for k in data.files}
         except Exception as err:  # zip or pickle errors of a damaged file
             raise ValueError(f"boundary store {path} is unreadable: {err}") from err
-        if int(arrays.get("format", -1)) != STORE_FORMAT:
+        marker = arrays.get("format")
+        if (
+            marker is None
+            or marker.shape != ()
+            or marker.dtype.kind not in "iu"
+            or int(marker) != STORE_FORMAT
+        ):
             raise ValueError(f"boundary store {path} has no format {STORE_FORMAT} marker")
         required = ["tasks"] + [
             f"{name}/{part}/{k}"
@@ -135,6 +152,27 @@ class BoundaryStore:
         tasks = arrays["tasks"]
         if tasks.ndim != 1 or tasks.size == 0:
             raise ValueError(f"boundary store {path} holds no tasks")
+        if tasks.dtype.kind not in "iu":
+            raise ValueError(
+                f"boundary store {path}: tasks has dtype {tasks.dtype}, expected integers"
+            )
+        if tasks.min() < 0:
+            raise ValueError(
+                f"boundary store {path}: tasks must be task indices >= 0, got "
+                f"{int(tasks.min())}"
+            )
+        if np.unique(tasks).size != tasks.size:
+            raise ValueError(f"boundary store {path}: tasks holds a task more than once")
+        for key in required[1:]:
+            kinds = _KINDS[key.split("/", 1)[1]]
+            value = arrays[key]
+            if value.dtype.kind not in kinds:
+                raise ValueError(
+                    f"boundary store {path}: {key} has dtype {value.dtype}, expected "
+                    f"{_KIND_NAMES[kinds]}"
+                )
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ValueError(f"boundary store {path}: {key} holds non-finite values")
         episodes, trajectories = {}, {}
         for name in ("cheap", "expensive"):
             episodes[name] = {k: arrays[f"{name}/episodes/{k}"] for k in _EPISODE_KEYS[1:]}
@@ -145,15 +183,28 @@ class BoundaryStore:
             }
             if not obs:
                 raise ValueError(f"boundary store {path} lacks {name} observations")
+            for k, v in obs.items():
+                if v.dtype.kind not in "biuf":
+                    raise ValueError(
+                        f"boundary store {path}: {name}/obs/{k} has dtype {v.dtype}, "
+                        "expected numbers"
+                    )
             trajectories[name] = {k: arrays[f"{name}/steps/{k}"] for k in _STEP_KEYS}
             trajectories[name]["obs"] = obs
         # Every array must line up: (tasks, runs) per episode, (tasks, runs, H) per step
-        n, runs = (
-            tasks.shape[0],
-            episodes["cheap"]["success"].ndim > 1
-            and (episodes["cheap"]["success"].shape[1]),
-        )
-        horizon = trajectories["cheap"]["valid"].shape[-1]
+        success, valid = episodes["cheap"]["success"], trajectories["cheap"]["valid"]
+        if success.ndim != 2 or valid.ndim != 3:
+            raise ValueError(
+                f"boundary store {path}: cheap/episodes/success has shape "
+                f"{success.shape} and cheap/steps/valid {valid.shape}, expected "
+                "(tasks, runs) and (tasks, runs, horizon)"
+            )
+        n, runs, horizon = tasks.shape[0], success.shape[1], valid.shape[2]
+        if runs == 0 or horizon == 0:
+            raise ValueError(
+                f"boundary store {path} holds {runs} runs of horizon {horizon}; "
+                "expected at least one step of one run"
+            )
         for name in ("cheap", "expensive"):
             arrays = [(f"{name}/episodes/{k}", v, 2) for k, v in episodes[name].items()]
             arrays += [(f"{name}/steps/{k}", trajectories[name][k], 3) for k in _STEP_KEYS]

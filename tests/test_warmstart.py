@@ -338,6 +338,73 @@ def test_load_rejects_inconsistent_run_counts(tmp_path, key):
         warmstart.BoundaryStore.load(path)
 
 
+@pytest.mark.parametrize(
+    "marker",
+    [np.array("1"), np.array([1, 1]), np.array(1.7)],
+    ids=["text", "vector", "float"],
+)
+def test_load_wants_the_format_marker_as_one_integer(tmp_path, marker):
+    path = _saved_small_store(tmp_path, lambda a: a.update(format=marker))
+    with _raises_naming(path, "format"):
+        warmstart.BoundaryStore.load(path)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "problem"),
+    [
+        (np.array([-1, 0, 1], np.int32), "task indices >= 0, got -1"),
+        (np.array([0.0, 1.0, 2.0]), "tasks has dtype float64, expected integers"),
+        (np.array(["a", "b", "c"]), "expected integers"),
+        (np.array([0, 0, 1], np.int32), "more than once"),
+    ],
+    ids=["negative", "float", "text", "repeated"],
+)
+def test_load_wants_distinct_task_indices(tmp_path, tasks, problem):
+    path = _saved_small_store(tmp_path, lambda a: a.update(tasks=tasks))
+    with _raises_naming(path, problem):
+        warmstart.BoundaryStore.load(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("cheap/episodes/success", np.full((3, 2), 0.5), "dtype float64, expected bool"),
+        ("expensive/steps/model", np.zeros((3, 2, 4)), "expected integers"),
+        ("cheap/episodes/cost", np.full((3, 2), "x"), "expected floats"),
+        ("cheap/episodes/cost", np.full((3, 2), np.nan, np.float32), "non-finite"),
+        ("expensive/obs/step", np.full((3, 2, 4, 1), "x"), "expected numbers"),
+    ],
+    ids=["success", "model", "cost-text", "cost-nan", "obs"],
+)
+def test_load_checks_each_array_dtype(tmp_path, key, value, problem):
+    path = _saved_small_store(tmp_path, lambda a: a.update({key: value}))
+    with _raises_naming(path, key, problem):
+        warmstart.BoundaryStore.load(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("cheap/episodes/success", np.zeros(3, bool)),
+        ("cheap/steps/valid", np.array(True)),
+    ],
+    ids=["flat-success", "scalar-valid"],
+)
+def test_load_names_an_array_of_the_wrong_rank(tmp_path, key, value):
+    path = _saved_small_store(tmp_path, lambda a: a.update({key: value}))
+    with _raises_naming(path, key, "expected (tasks, runs)"):
+        warmstart.BoundaryStore.load(path)
+
+
+def test_load_rejects_a_store_without_runs(tmp_path):
+    def no_runs(arrays):
+        for k in [k for k in arrays if "/" in k]:
+            arrays[k] = arrays[k][:, :0]
+
+    with _raises_naming(_saved_small_store(tmp_path, no_runs), "0 runs"):
+        warmstart.BoundaryStore.load(tmp_path / "store.npz")
+
+
 # ---------------------------------------------------------------- stratified synthesis
 # A store with designed boundary outcomes (K = 4 runs; the class at MIN_SUCCESSES = 2)
 # and made-up observations of the twin's layout, for the synthesis to pick from.
