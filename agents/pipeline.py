@@ -105,6 +105,10 @@ class RecipeConfig:
             raise ValueError(f"suite: unknown suite {self.suite!r}; known: {known}")
         if not self.method or len(set(self.method)) != len(self.method):
             raise ValueError(f"method needs distinct methods, got {self.method!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed!r}")
         for m in self.method:
             if m not in METHODS:
                 raise ValueError(
@@ -213,10 +217,14 @@ class Recipe:
         resume: bool = False,
         log: Callable[[str], None] = print,
         progress=None,
+        settings: dict | None = None,
     ):
         self.config = config
         self.out = Path(out_dir)
         self.resume = resume
+        self.settings = dict(settings or {})
+        """Settings of the calling script its stages depend on besides the config:
+        recorded in ``config.json`` with it, and checked when resuming."""
         self.log = log
         self.progress = progress
         self.key = jax.random.key(config.seed)
@@ -227,19 +235,26 @@ class Recipe:
 
     def _check_run_folder(self) -> None:
         path = self.out / "config.json"
-        current = json.loads(json.dumps(asdict(self.config)))
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if self.resume and saved != current:
-                diff = sorted(k for k in current if saved.get(k) != current[k])
+        config = json.loads(json.dumps(asdict(self.config)))
+        settings = json.loads(json.dumps(self.settings))
+        current = {**config, **settings}
+        if self.resume:
+            saved = _read_run_config(path)
+            # A setting the folder did not record was never used there (another script)
+            diff = sorted(
+                [k for k in config if saved.get(k) != config[k]]
+                + [k for k in settings if k in saved and saved[k] != settings[k]]
+            )
+            if diff:
                 raise ValueError(
                     f"{path} was written by another configuration (fields {diff} "
                     "differ); use another --out-dir or drop --resume"
                 )
-        if not self.resume and self.out.exists() and any(self.out.iterdir()):
+            current = {**saved, **current}  # keep what other scripts recorded
+        elif self.out.exists() and any(self.out.iterdir()):
+            # Every fine-tuning folder, also those of other scripts (strict_budget)
             stale = ["boundaries.npz", "bc", "results.json"]
-            for m in METHODS:
-                stale += [_finetune_folder(m), f"{_finetune_folder(m)}.jsonl"]
+            stale += sorted(p.name for p in self.out.glob("finetune*"))
             for name in stale:
                 target = self.out / name
                 if target.exists():
@@ -701,6 +716,26 @@ def lagrangian_line(m: dict) -> str:
         f"violation={m['violation']:.3f} expensive_share={m['expensive_share']:.3f} "
         f"entropy={m['entropy']:.3f} kl={m['kl']:.4f}"
     )
+
+
+def _read_run_config(path: Path) -> dict:
+    """Return the configuration a run folder's ``config.json`` records; raise when
+    there is none to resume from or it cannot be read."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"nothing to resume: {path} does not exist, so no run was started in "
+            f"{path.parent}; check --out-dir, or drop --resume to start a new run"
+        )
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is unreadable ({err}); cannot tell which configuration wrote the "
+            "folder: use another --out-dir or drop --resume"
+        ) from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold a configuration (a JSON object)")
+    return saved
 
 
 def _finetune_folder(method: str) -> str:

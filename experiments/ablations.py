@@ -62,6 +62,10 @@ class AblationConfig(RecipeConfig):
             raise ValueError(
                 f"variants: unknown {unknown} (or none given); known: {list(VARIANTS)}"
             )
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants: each variant at most once, got {self.variants!r}")
+        if not self.out_dir.strip():
+            raise ValueError("out_dir must name a folder, got an empty string")
         if self.method != ("bopo",):
             raise ValueError("method: the ablations are of BoPO alone (--method bopo)")
 

@@ -60,9 +60,12 @@ def parse_config(config_cls, argv=None, description: str | None = None):
     values from a JSON object first (see :func:`load_config_file`); flags given on the
     command line override them.
     """
+    # No abbreviations: the pre-parser below must see --config as this parser does, and
+    # a shortened or mistyped flag is an error, never another flag
     parser = argparse.ArgumentParser(
         description=description or config_cls.__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--config",

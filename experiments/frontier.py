@@ -30,6 +30,8 @@ import numpy as np
 from agents import metrics
 from agents.evaluate import CHEAP, EXPENSIVE, RANDOM, MethodResult
 from agents.pipeline import METHODS
+from envs.replay import REPLAY_SUITES
+from envs.synthetic import PRESETS
 from experiments.cli import format_table, parse_config, write_json
 from experiments.train import TrainConfig, run
 
@@ -54,6 +56,18 @@ class FrontierConfig(TrainConfig):
         default="runs/frontier",
         metadata={"help": "Folder holding one sub-folder per suite."},
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Checked before the first suite runs, not when its turn comes
+        if not self.suites or len(set(self.suites)) != len(self.suites):
+            raise ValueError(f"suites needs distinct suites, got {self.suites!r}")
+        known = [*PRESETS, *REPLAY_SUITES]
+        for suite in self.suites:
+            if suite not in known:
+                raise ValueError(
+                    f"suites: unknown suite {suite!r}; known: {', '.join(known)}"
+                )
 
 
 def cheapest_fraction(points: list[dict], target: float, reference_cost: float):

@@ -78,9 +78,10 @@ class StrictBudgetConfig(TrainConfig):
         if (
             len(self.train_budgets) != 2
             or not 0 < self.train_budgets[0] < (self.train_budgets[1])
+            or not np.isfinite(self.train_budgets[1])
         ):
             raise ValueError(
-                f"train_budgets must be (low, high) with 0 < low < high, "
+                f"train_budgets must be (low, high) with 0 < low < high < inf, "
                 f"got {self.train_budgets!r}"
             )
         for i, b in enumerate(self.budgets):
@@ -182,12 +183,20 @@ def run(config: StrictBudgetConfig, log=print) -> dict:
     recipe_config = RecipeConfig(
         **{k: v for k, v in dataclasses.asdict(config).items() if k in recipe_fields}
     )
+    # Its own settings go to config.json too: a resume under other budgets is refused
+    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in own
+    }
     recipe = Recipe(
         recipe_config,
         config.out_dir,
         resume=config.resume,
         log=log,
         progress=lambda **kw: tqdm(disable=None, **kw),
+        settings=settings,
     )
     store = recipe.boundaries()
     bc_state, _ = recipe.warm_start(store)

@@ -37,6 +37,11 @@ class TrainConfig(RecipeConfig):
         default=False, metadata={"help": "Continue from the checkpoints in --out-dir."}
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.out_dir.strip():
+            raise ValueError("out_dir must name a folder, got an empty string")
+
 
 def run(config: TrainConfig, log=print) -> dict:
     """Run the recipe; return ``{"results", "scores", "rows", "seconds"}``."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.ablations import AblationConfig
 from experiments.cli import load_config_file, parse_config
 from experiments.frontier import FrontierConfig
 from experiments.strict_budget import StrictBudgetConfig
@@ -75,3 +76,36 @@ def test_a_config_value_the_dataclass_refuses_stops_the_parser(tmp_path, capsys)
     with pytest.raises(SystemExit):
         parse_config(TrainConfig, ["--config", str(path)])
     assert "min_successes must be in [1, boundary_runs=5]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--conf", "--upd"])
+def test_a_shortened_flag_is_refused_never_read_as_another(tmp_path, capsys, flag):
+    # argparse would read --conf as --config, but not load the file: silently ignored
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"updates": 7}))
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, [flag, str(path)])
+    assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("config_cls", "argv", "message"),
+    [
+        (TrainConfig, ["--seed", "-1"], r"seed must be in [0, 2**31), got -1"),
+        (TrainConfig, ["--seed", str(2**40)], "seed must be in [0, 2**31)"),
+        (TrainConfig, ["--out-dir", ""], "out_dir must name a folder"),
+        (FrontierConfig, ["--suites", ""], "suites needs distinct suites, got ()"),
+        (
+            FrontierConfig,
+            ["--suites", "household,kitchen"],
+            "suites: unknown suite 'kitchen'",
+        ),
+        (FrontierConfig, ["--suites", "apps,apps"], "suites needs distinct suites"),
+        (AblationConfig, ["--variants", "BoPO,BoPO"], "each variant at most once"),
+        (StrictBudgetConfig, ["--train-budgets", "0.25,inf"], "0 < low < high < inf"),
+    ],
+)
+def test_nonsense_values_stop_the_parser_before_any_run(capsys, config_cls, argv, message):
+    with pytest.raises(SystemExit):
+        parse_config(config_cls, argv)
+    assert message in capsys.readouterr().err

@@ -98,3 +98,54 @@ def test_resume_refuses_a_folder_of_another_configuration(uninterrupted):
     out, _ = uninterrupted
     with pytest.raises(ValueError, match="another configuration"):
         train.main([*TINY[:-2], "--lams", "0.2", "--out-dir", str(out), "--resume", "true"])
+
+
+# The run folder's rules, checked when the recipe is made (before any stage runs)
+SMALL = pipeline.RecipeConfig(
+    n_train_tasks=8, n_test_tasks=4, boundary_runs=1, min_successes=1
+)
+
+
+@pytest.mark.parametrize("folder", ["absent", "empty"])
+def test_resume_of_a_folder_without_a_run_is_refused(tmp_path, folder):
+    out = tmp_path / folder
+    if folder == "empty":
+        out.mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train.main([*TINY, "--out-dir", str(out), "--resume", "true"])
+    assert not (out / "config.json").exists()
+
+
+def test_resume_names_an_unreadable_run_config(tmp_path):
+    pipeline.Recipe(SMALL, tmp_path)
+    (tmp_path / "config.json").write_text('{"suite": "house')
+    with pytest.raises(ValueError, match=r"config\.json is unreadable"):
+        pipeline.Recipe(SMALL, tmp_path, resume=True)
+    pipeline.Recipe(SMALL, tmp_path)  # a fresh run just writes it again
+    assert json.loads((tmp_path / "config.json").read_text())["suite"] == "household"
+
+
+def test_a_fresh_run_clears_every_finetuning_folder(tmp_path):
+    # strict_budget's checkpoints too: left there, a fresh run's first save would fail
+    for name in ("finetune", "finetune-budget-conditioned", "finetune-per-budget"):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / f"{name}.jsonl").write_text('{"update": 1}\n')
+    (tmp_path / "bc" / "1").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    pipeline.Recipe(SMALL, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_resume_refuses_other_settings_of_the_calling_script(tmp_path):
+    pipeline.Recipe(SMALL, tmp_path, settings={"train_budgets": [0.25, 2.0]})
+    pipeline.Recipe(SMALL, tmp_path, resume=True, settings={"train_budgets": [0.25, 2.0]})
+    with pytest.raises(ValueError, match=r"another configuration.*\['train_budgets'\]"):
+        pipeline.Recipe(SMALL, tmp_path, resume=True, settings={"train_budgets": [0.5, 2]})
+    # A script without those settings resumes, and they stay recorded for the next one
+    pipeline.Recipe(SMALL, tmp_path, resume=True)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train_budgets"] == [0.25, 2.0]
+    # A folder of a script that never recorded them (experiments.train) can be reused
+    other = tmp_path / "train-run"
+    pipeline.Recipe(SMALL, other)
+    pipeline.Recipe(SMALL, other, resume=True, settings={"train_budgets": [0.5, 2.0]})
