@@ -38,6 +38,7 @@ import envs  # noqa: F401 (registers BudgetRoute-v0)
 from agents import bc, networks
 from agents.pipeline import FinetuneRun, Recipe, RecipeConfig
 from envs import jax_env
+from experiments import bench_env
 from experiments.bench_env import gym_steps_per_second, make_twin_runner
 from experiments.cli import option, parse_config, write_json
 
@@ -52,14 +53,9 @@ CARTPOLE, GYM, TWIN, BOPO, PPO = (
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(bench_env.BenchConfig):
     """Environment and training throughput against CartPole-v1."""
 
-    gym_steps: int = option(100_000, "Steps timed per round for each Gymnasium env.")
-    n_envs: int = option(4096, "Environments vmapped in the JAX twin.")
-    scan_steps: int = option(500, "Scan length per call of the JAX twin.")
-    rounds: int = option(3, "Timed rounds (interleaved); the median is reported.")
-    suite: str = option("household", "Synthetic preset of every workload.")
     train_updates: int = option(10, "Training updates timed per round (each method).")
     n_train_tasks: int = option(300, "Training tasks (boundary references, task pool).")
     boundary_runs: int = option(

@@ -40,11 +40,11 @@ from agents.evaluate import (
     baseline_sweeps,
     summarize_rollout,
 )
-from agents.pipeline import Recipe, RecipeConfig
+from agents.pipeline import Recipe
 from agents.policy import NetworkPolicy
 from envs.synthetic import PRESET_TARGETS, PRESETS
 from experiments.cli import format_table, option, parse_config, write_json
-from experiments.train import TrainConfig
+from experiments.train import TrainConfig, make_recipe
 
 CONDITIONED = "budget-conditioned"
 PER_BUDGET = "trained for this budget"
@@ -179,25 +179,8 @@ def evaluate_setting(
 def run(config: StrictBudgetConfig, log=print) -> dict:
     """Train and evaluate; return ``{"budget_rows", "cap_rows", "checks", "seconds"}``."""
     start = time.perf_counter()
-    recipe_fields = {f.name for f in dataclasses.fields(RecipeConfig)}
-    recipe_config = RecipeConfig(
-        **{k: v for k, v in dataclasses.asdict(config).items() if k in recipe_fields}
-    )
     # Its own settings go to config.json too: a resume under other budgets is refused
-    own = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(config)
-        if f.name not in own
-    }
-    recipe = Recipe(
-        recipe_config,
-        config.out_dir,
-        resume=config.resume,
-        log=log,
-        progress=lambda **kw: tqdm(disable=None, **kw),
-        settings=settings,
-    )
+    recipe = make_recipe(config, log)
     store = recipe.boundaries()
     bc_state, _ = recipe.warm_start(store)
     budgets, unit = budget_sweep(config, store)

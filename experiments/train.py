@@ -43,20 +43,28 @@ class TrainConfig(RecipeConfig):
             raise ValueError("out_dir must name a folder, got an empty string")
 
 
-def run(config: TrainConfig, log=print) -> dict:
-    """Run the recipe; return ``{"results", "scores", "rows", "seconds"}``."""
-    start = time.perf_counter()
+def make_recipe(config: TrainConfig, log=print) -> Recipe:
+    """Return the recipe of a script's config, with progress bars: its
+    :class:`RecipeConfig` fields configure the run, and the fields it adds beyond
+    :class:`TrainConfig` are recorded in the run folder too (a resume that changes
+    them is refused)."""
+    values = dataclasses.asdict(config)
     recipe_fields = {f.name for f in dataclasses.fields(RecipeConfig)}
-    recipe_config = RecipeConfig(
-        **{k: v for k, v in dataclasses.asdict(config).items() if k in recipe_fields}
-    )
-    recipe = Recipe(
-        recipe_config,
+    script_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return Recipe(
+        RecipeConfig(**{k: v for k, v in values.items() if k in recipe_fields}),
         config.out_dir,
         resume=config.resume,
         log=log,
         progress=lambda **kw: tqdm(disable=None, **kw),
+        settings={k: v for k, v in values.items() if k not in script_fields},
     )
+
+
+def run(config: TrainConfig, log=print) -> dict:
+    """Run the recipe; return ``{"results", "scores", "cost_unit", "rows", "seconds"}``."""
+    start = time.perf_counter()
+    recipe = make_recipe(config, log)
     stages = tqdm(total=4, desc="stages", disable=None)
     store = recipe.boundaries()
     stages.update()
