@@ -76,14 +76,14 @@ class RecipeConfig:
     group_size: int = _field(8, "Rollouts per task and update (BoPO's group).")
     learning_rate: float = _field(5e-4, "Fine-tuning step size.")
     lams: tuple[float, ...] = _field(
-        (0.0, 0.02, 0.05, 0.15, 0.3, 0.6), "Cost weights swept to trace the frontier."
+        (0.0, 0.02, 0.05, 0.15, 0.3, 0.6, 1.2), "Cost weights swept to trace the frontier."
     )
     cost_targets: tuple[float, ...] = _field(
-        (0.4, 0.5, 0.6, 0.75, 0.9),
+        (0.3, 0.4, 0.5, 0.6, 0.75, 0.9),
         "PPO-Lagrangian: cost targets swept to trace its frontier, as fractions of "
         "always-expensive's mean cost on the training tasks.",
     )
-    ppo_episodes: int = _field(128, "PPO-Lagrangian: episodes per update.")
+    ppo_episodes: int = _field(256, "PPO-Lagrangian: episodes per update.")
     ppo_learning_rate: float = _field(6e-4, "PPO-Lagrangian: step size (annealed to 0).")
     seeds: int = _field(1, "Independent fine-tuning seeds (vmapped).")
     chunks: int = _field(4, "Checkpoints taken during fine-tuning.")

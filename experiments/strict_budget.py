@@ -11,7 +11,9 @@ On the run folder's boundary rollouts and warm start (built, or reused with
 Then, on held-out tasks, under each strict budget of ``--budgets`` (with the preset's
 cap, if any) and under each cap of ``--caps`` (with the loosest training budget), it
 runs the budget-conditioned router, the per-budget policies, expensive-first-k (its
-best k there), the best heuristic baseline there, and the oracle there. Every policy
+best k there), the best heuristic baseline there, and the oracle there (under the cap
+alone in the cap sweep: the loose budget seldom binds, and a money grid beside a cap
+multiplies the oracle's state space). Every policy
 runs with budget-constrained decoding, so none can overspend; the table counts
 overspends and bankruptcies anyway. Budgets are given as fractions of always-expensive's
 mean cost on the training tasks. Writes ``strict_budget.json`` and ``strict_budget.png``.
@@ -124,9 +126,11 @@ def evaluate_setting(
     cap: int | None,
     per_budget_index: int | None,
     oracle_cap: int | None,
+    oracle_budget: float | None,
 ) -> list[dict]:
-    """Return one row per method under one strict budget (USD) and cap (the oracle's
-    plan under ``oracle_cap``: None where the cap cannot bind)."""
+    """Return one row per method under one strict budget (USD) and cap; the oracle
+    plans under ``oracle_cap`` and ``oracle_budget`` (None: that rule is left out, where
+    it cannot bind, or where its money grid would cost more than it tells)."""
     c = recipe.config
     eval_cap = -1 if cap is None else cap
     episodes = Episodes.make(
@@ -162,7 +166,7 @@ def evaluate_setting(
     if c.oracle and c.suite in PRESETS:
         tasks = np.asarray(episodes.tasks[:: c.eval_runs])
         orc = oracle.oracle_points(
-            recipe.test_params, tasks, lams=[0.0], cap=oracle_cap, budget=budget
+            recipe.test_params, tasks, lams=[0.0], cap=oracle_cap, budget=oracle_budget
         )
         point = {
             "success": float(orc["successes"][0]),
@@ -172,7 +176,10 @@ def evaluate_setting(
         }
         add("oracle", point)
     for r in rows:
-        r.update(budget_usd=budget, cap=oracle_cap if r["method"] == "oracle" else cap)
+        if r["method"] == "oracle":
+            r.update(budget_usd=oracle_budget, cap=oracle_cap)
+        else:
+            r.update(budget_usd=budget, cap=cap)
     return rows
 
 
@@ -225,14 +232,24 @@ def run(config: StrictBudgetConfig, log=print) -> dict:
     budget_rows, cap_rows = [], []
     for i, budget in enumerate(tqdm(budgets, desc="budgets", disable=None)):
         rows = evaluate_setting(
-            recipe, network, states, router, float(budget), sweep_cap, i, oracle_cap
+            recipe,
+            network,
+            states,
+            router,
+            float(budget),
+            sweep_cap,
+            i,
+            oracle_cap,
+            float(budget),
         )
         for r in rows:
             r["budget_fraction"] = float(budget / unit)
         budget_rows += rows
     for cap in tqdm(config.caps, desc="caps", disable=None):
         cap = int(cap)
-        rows = evaluate_setting(recipe, network, states, router, loose, cap, None, cap)
+        rows = evaluate_setting(
+            recipe, network, states, router, loose, cap, None, cap, None
+        )
         for r in rows:
             r["budget_fraction"] = config.train_budgets[1]
         cap_rows += rows
