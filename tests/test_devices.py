@@ -1,6 +1,7 @@
 """Seeds sharded over several devices give the figures of a single-device run."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,12 @@ def test_finetune_shards_seeds_over_two_devices_with_unchanged_figures(tmp_path)
         np.testing.assert_allclose(sharded[name], single[name], rtol=1e-5, atol=1e-6)
     log = (tmp_path / "devices2.log").read_text()
     assert log.startswith("stage=finetune updates=2 success=")
-    assert log == (tmp_path / "devices1.log").read_text()
+    # Every figure but the throughput, which is wall-clock timing
+    def figures(text):
+        return re.sub(r" steps_per_s=\S+", "", text)
+
+    assert " steps_per_s=" in log
+    assert figures(log) == figures((tmp_path / "devices1.log").read_text())
 
 
 def test_one_device_leaves_the_arrays_alone():
