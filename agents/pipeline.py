@@ -57,7 +57,7 @@ class RecipeConfig:
 
     suite: str = _field("household", "Synthetic preset or replay suite (gsm8k, mmlu).")
     method: tuple[str, ...] = _field(
-        ("bopo",), "Fine-tuning methods: bopo, ppo-lagrangian, or both (comma-separated)."
+        ("bopo",), "Fine-tuning methods: bopo, ppo-lagrangian, or both."
     )
     seed: int = _field(0, "Seed of every random draw of the run.")
     n_train_tasks: int = _field(3000, "Training tasks (boundary rollouts, fine-tuning).")

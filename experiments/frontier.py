@@ -49,7 +49,7 @@ class FrontierConfig(TrainConfig):
     )
     method: tuple[str, ...] = dataclasses.field(
         default=("bopo", "ppo-lagrangian"),
-        metadata={"help": "Fine-tuning methods (comma-separated)."},
+        metadata={"help": "Fine-tuning methods: bopo, ppo-lagrangian, or both."},
     )
     seeds: int = dataclasses.field(default=3, metadata={"help": "Fine-tuning seeds."})
     out_dir: str = dataclasses.field(
@@ -198,9 +198,18 @@ def main(argv=None) -> dict:
     config = parse_config(FrontierConfig, argv)
     rows, targets = [], []
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    folders = {s: Path(config.out_dir) / s for s in config.suites}
+    started = {s for s, folder in folders.items() if (folder / "config.json").exists()}
+    if config.resume and not started:
+        raise FileNotFoundError(
+            f"nothing to resume: no suite of {', '.join(config.suites)} was started in "
+            f"{config.out_dir}; check --out-dir, or drop --resume to start a new run"
+        )
     for suite in config.suites:
         values = {k: v for k, v in dataclasses.asdict(config).items() if k in fields}
-        values.update(suite=suite, out_dir=str(Path(config.out_dir) / suite))
+        values.update(suite=suite, out_dir=str(folders[suite]))
+        # A resumed sweep starts the suites it had not reached yet
+        values.update(resume=config.resume and suite in started)
         result = run(TrainConfig(**values))
         for method in config.method:
             rows.append(method_row(suite, METHODS[method], result, config.seeds))

@@ -141,6 +141,29 @@ TINY_RECIPE = [
 ]  # fmt: skip
 
 
+def test_a_resumed_frontier_starts_the_suites_it_had_not_reached(tmp_path, monkeypatch):
+    flags = ["--seeds", "1", "--out-dir", str(tmp_path), "--resume", "true"]
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        frontier.main([*flags, "--suites", "household,apps"])
+    # household was started, apps not: only household resumes
+    (tmp_path / "household").mkdir()
+    (tmp_path / "household" / "config.json").write_text("{}")
+    calls = []
+
+    def run(config):
+        calls.append((config.suite, config.resume, config.out_dir))
+        return {"cost_unit": 1.0}
+
+    monkeypatch.setattr(frontier, "run", run)
+    monkeypatch.setattr(frontier, "method_row", lambda suite, *_: {"suite": suite})
+    monkeypatch.setattr(frontier, "target_rows", lambda *_: [])
+    frontier.main([*flags, "--suites", "household,apps"])
+    assert calls == [
+        ("household", True, str(tmp_path / "household")),
+        ("apps", False, str(tmp_path / "apps")),
+    ]
+
+
 def test_strict_budget_never_overspends_and_checks_every_budget(tmp_path):
     out = strict_budget.main(
         [*TINY_RECIPE, "--budgets", "0.5,0.9", "--caps", "3", "--out-dir", str(tmp_path)]
