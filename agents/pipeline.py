@@ -57,7 +57,7 @@ class RecipeConfig:
 
     suite: str = _field("household", "Synthetic preset or replay suite (gsm8k, mmlu).")
     method: tuple[str, ...] = _field(
-        ("bopo",), "Fine-tuning methods: bopo, ppo-lagrangian, or both."
+        ("bopo",), "Fine-tuning methods, one or both of bopo and ppo-lagrangian."
     )
     seed: int = _field(0, "Seed of every random draw of the run.")
     n_train_tasks: int = _field(3000, "Training tasks (boundary rollouts, fine-tuning).")
@@ -93,7 +93,7 @@ class RecipeConfig:
     cost_to_go: bool = _field(True, "BoPO: charge a step only the cost from it on.")
     warm_start: bool = _field(True, "Start fine-tuning from the cloned policy.")
     expensive_cap: int | None = _field(None, "Cap on expensive calls (preset default).")
-    budget_usd: float | None = _field(None, "Hard budget per task in USD (none).")
+    budget_usd: float | None = _field(None, "Hard budget per task in USD, or none for no budget.")
     router: bool = _field(True, "Evaluate the per-step router baseline.")
     oracle: bool = _field(True, "Evaluate the oracle (sets frontier efficiency).")
 

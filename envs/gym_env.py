@@ -46,7 +46,7 @@ class BudgetRouteEnv(gym.Env):
             (``session_items``, ``success_rule``, ``history``, ``data_dir``...).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -31,6 +32,17 @@ def _parser_for(tp):
     if tp is bool:
         return _parse_bool
     return tp
+
+
+def _as_flag(value) -> str:
+    """Write a default the way it is given on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(_as_flag(v) for v in value)
+    return str(value)
 
 
 def _format_hint(tp) -> str:
@@ -62,9 +74,13 @@ def parse_config(config_cls, argv=None, description: str | None = None):
     """
     # No abbreviations: the pre-parser below must see --config as this parser does, and
     # a shortened or mistyped flag is an error, never another flag
+    script = Path(sys.argv[0])
+    prog = script.name
+    if script.parent.name == "experiments":  # run as python -m experiments.<name>
+        prog = f"python -m experiments.{script.stem}"
     parser = argparse.ArgumentParser(
+        prog=prog,
         description=description or config_cls.__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -79,6 +95,7 @@ def parse_config(config_cls, argv=None, description: str | None = None):
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "") + _format_hint(hints[f.name])
+        help_text += f" (default: {_as_flag(default)})"
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,

@@ -39,17 +39,24 @@ HEURISTICS = ("expensive-first-k", "escalate-on-error", "budget-pacing", "step-r
 BASELINES = (CHEAP, EXPENSIVE, RANDOM, *HEURISTICS)
 
 
+DEFAULT_SUITES = ("household", "science", "apps")
+
+
 @dataclasses.dataclass(frozen=True)
 class FrontierConfig(TrainConfig):
     """Frontiers of every method on several suites and seeds."""
 
-    suites: tuple[str, ...] = dataclasses.field(
-        default=("household", "science", "apps"),
-        metadata={"help": "Suites to run (this replaces --suite)."},
+    suite: str = dataclasses.field(
+        default="",
+        metadata={"help": "One suite to run: the same as --suites SUITE."},
+    )
+    suites: tuple[str, ...] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Suites to run (default: household, science and apps)."},
     )
     method: tuple[str, ...] = dataclasses.field(
         default=("bopo", "ppo-lagrangian"),
-        metadata={"help": "Fine-tuning methods: bopo, ppo-lagrangian, or both."},
+        metadata={"help": "Fine-tuning methods, one or both of bopo and ppo-lagrangian."},
     )
     seeds: int = dataclasses.field(default=3, metadata={"help": "Fine-tuning seeds."})
     out_dir: str = dataclasses.field(
@@ -58,16 +65,23 @@ class FrontierConfig(TrainConfig):
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.suite and self.suites is not None:
+            raise ValueError("give --suite or --suites, not both")
+        suites = self.suites
+        if self.suite or suites is None:
+            suites = (self.suite,) if self.suite else DEFAULT_SUITES
         # Checked before the first suite runs, not when its turn comes
-        if not self.suites or len(set(self.suites)) != len(self.suites):
-            raise ValueError(f"suites needs distinct suites, got {self.suites!r}")
+        if not suites or len(set(suites)) != len(suites):
+            raise ValueError(f"suites needs distinct suites, got {suites!r}")
         known = [*PRESETS, *REPLAY_SUITES]
-        for suite in self.suites:
+        for suite in suites:
             if suite not in known:
                 raise ValueError(
                     f"suites: unknown suite {suite!r}; known: {', '.join(known)}"
                 )
+        object.__setattr__(self, "suites", tuple(suites))
+        object.__setattr__(self, "suite", suites[0])
+        super().__post_init__()
 
 
 def cheapest_fraction(points: list[dict], target: float, reference_cost: float):

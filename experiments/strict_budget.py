@@ -349,6 +349,7 @@ def plot(budget_rows: list[dict], cap_rows: list[dict], path: Path, suite: str) 
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{suite}: held-out tasks under strict budgets and caps")
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

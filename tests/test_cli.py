@@ -94,7 +94,8 @@ def test_a_shortened_flag_is_refused_never_read_as_another(tmp_path, capsys, fla
         (TrainConfig, ["--seed", "-1"], r"seed must be in [0, 2**31), got -1"),
         (TrainConfig, ["--seed", str(2**40)], "seed must be in [0, 2**31)"),
         (TrainConfig, ["--out-dir", ""], "out_dir must name a folder"),
-        (FrontierConfig, ["--suites", ""], "suites needs distinct suites, got ()"),
+        (FrontierConfig, ["--suites", ","], "suites needs distinct suites, got ()"),
+        (FrontierConfig, ["--suite", "apps", "--suites", "apps"], "not both"),
         (
             FrontierConfig,
             ["--suites", "household,kitchen"],

@@ -95,11 +95,11 @@ def test_evaluate_writes_json_and_plot_for_a_replay_suite(tmp_path):
             "--eval-runs",
             "1",
             "--out-dir",
-            str(tmp_path),
+            str(tmp_path / "new"),  # a folder that does not exist yet
         ]
     )
-    assert (tmp_path / "frontier.png").is_file()
-    scores = json.loads((tmp_path / "evaluation.json").read_text())["scores"]
+    assert (tmp_path / "new" / "frontier.png").is_file()
+    scores = json.loads((tmp_path / "new" / "evaluation.json").read_text())["scores"]
     assert scores["random-mix"] == 0.0
     assert all(p["overspends"] == 0 for p in out["results"]["random-mix"].points)
 
