@@ -516,7 +516,15 @@ class Recipe:
             cost_scale=0.0,
         )
         tasks = jnp.asarray(store.tasks, jnp.int32)
-        params, normalizer = bc_state.params, bc_state.normalizer
+        # The warm start never saw a budget: make it read the budgets it will train under
+        params, normalizer = ppo_lag.adapt_warm_start(
+            cfg,
+            bc_state.params,
+            bc_state.normalizer,
+            variants,
+            tasks,
+            self._stage_key(f"budgets-{knob}-features"),
+        )
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *variants)
 
         def run(keys, states, n):

@@ -422,6 +422,56 @@ def _masked_normalizer(x: jax.Array, weight: jax.Array) -> networks.RunningNorma
     return networks.RunningNormalizer(mean=mean, var=var, count=w.sum())
 
 
+def adapt_warm_start(
+    config: PPOLagConfig,
+    params,
+    normalizer: networks.RunningNormalizer,
+    envs: Sequence,
+    tasks: jax.Array | None,
+    rng: jax.Array,
+    min_var: float = 1e-8,
+):
+    """Return ``(params, normalizer)``: a warm start made ready for budgets and caps its
+    training data never had.
+
+    Boundary rollouts without a budget or a cap show constant budget features (an
+    unlimited budget, no cap), so the cloned policy's normaliser has zero variance there,
+    and any finite budget would read as a feature clipped to +-:data:`networks.NORM_CLIP`:
+    every budget alike. For each feature whose variance is at most ``min_var``, the
+    statistics are refitted on ``config.episodes`` episodes of the cloned policy in each
+    of ``envs`` (the twin's parameters under the new budgets), and the first-layer
+    weights of every tower on that feature are set to 0. The policy, its values and its
+    behaviour are then those of the warm start (where the feature sat at its mean, its
+    normalised value was 0), and gradients reach the new inputs from the first update.
+    Features that varied keep the warm start's statistics.
+    """
+    network = make_network(config, envs[0].n_actions)
+    policy = NetworkPolicy(params, normalizer, network, greedy=False)
+    n = config.episodes
+    features, valid = [], []
+    for env, key in zip(envs, jax.random.split(rng, len(envs))):
+        k_task, k_seed, k_roll = jax.random.split(key, 3)
+        seeds = jax.random.bits(k_seed, (n,), jnp.uint32)
+        out = rollout(policy, env, _draw_tasks(k_task, tasks, n), seeds, k_roll, record=True)
+        features.append(networks.policy_features(out["trajectory"]["obs"]))
+        valid.append(out["trajectory"]["valid"])
+    fitted = _masked_normalizer(jnp.stack(features), jnp.stack(valid))
+    unseen = normalizer.var <= min_var
+    adapted = networks.RunningNormalizer(
+        mean=jnp.where(unseen, fitted.mean, normalizer.mean),
+        var=jnp.where(unseen, fitted.var, normalizer.var),
+        count=normalizer.count,
+    )
+
+    def first_layer(path, leaf):
+        names = [getattr(k, "key", None) for k in path]
+        if "Dense_0" in names and names[-1] == "kernel":
+            return jnp.where(unseen[:, None], 0.0, leaf).astype(leaf.dtype)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(first_layer, params), adapted
+
+
 def init_state(
     config: PPOLagConfig,
     params,

@@ -304,3 +304,57 @@ def test_train_is_vmappable_over_seeds(probe_params):
     state, metrics = jax.eval_shape(jax.vmap(lambda k: train(k, n_updates=5)), keys)
     assert metrics["cost"].shape == (3, 5)
     assert state.lagrange.value.shape == (3,)
+
+
+# ------------------------------------------------------------ budget warm start
+def test_a_warm_start_without_budgets_learns_to_read_them():
+    config = pl.PPOLagConfig(episodes=64, hidden_sizes=(16, 16))
+    free = jax_env.make_params("household", n_train=16, n_test=8)
+    budgeted = free.replace(budget_low=jnp.float32(0.05), budget_high=jnp.float32(0.2))
+    network = pl.make_network(config, free.n_actions)
+    names = pl.networks.policy_feature_names(
+        free.n_models, free.features.shape[-1], free.step_features.shape[-1]
+    )
+    # A "cloned" policy and its normaliser, fitted where no budget was ever seen
+    out = rollout(
+        pl.NetworkPolicy(
+            network.init(jax.random.key(1), jnp.zeros((1, len(names))), jnp.ones((1, 2))),
+            pl.networks.RunningNormalizer.create(len(names)),
+            network,
+        ),
+        free, jnp.full(64, -1), jnp.arange(64, dtype=jnp.uint32), jax.random.key(2),
+        record=True,
+    )  # fmt: skip
+    features = pl.networks.policy_features(out["trajectory"]["obs"])
+    norm = pl._masked_normalizer(features, out["trajectory"]["valid"])
+    params = network.init(jax.random.key(3), features[0, :1], jnp.ones((1, 2)))
+    budget = names.index("budget_left")
+    assert norm.var[budget] < 1e-8  # no budget: always the same feature
+
+    new_params, new_norm = pl.adapt_warm_start(
+        config, params, norm, [budgeted], None, jax.random.key(4)
+    )
+    unseen = np.asarray(norm.var) <= 1e-8
+    assert unseen[budget] and unseen[names.index("budget_fraction")]
+    assert not unseen[names.index("spent")]
+    assert new_norm.var[budget] > 0.0  # finite budgets now spread out
+    np.testing.assert_array_equal(new_norm.mean[~unseen], norm.mean[~unseen])
+    np.testing.assert_array_equal(new_norm.var[~unseen], norm.var[~unseen])
+    # Under budgets the adapted policy acts as the warm start did where it sat at the
+    # mean of what it saw (no budget)
+    under = rollout(
+        pl.NetworkPolicy(params, norm, network), budgeted, jnp.full(16, -1),
+        jnp.arange(16, dtype=jnp.uint32), jax.random.key(5), record=True,
+    )  # fmt: skip
+    x = pl.networks.policy_features(under["trajectory"]["obs"])
+    mask = under["trajectory"]["obs"]["action_mask"]
+    as_seen = jnp.where(jnp.asarray(unseen), norm.mean, x)
+    want = network.apply(params, pl.networks.normalize(norm, as_seen), mask)
+    got = network.apply(new_params, pl.networks.normalize(new_norm, x), mask)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    # The budget feature now reaches the actor: its gradient there is not zero
+    grad = jax.grad(
+        lambda p: network.apply(p, pl.networks.normalize(new_norm, x), mask)[0].sum()
+    )(new_params)
+    assert float(jnp.abs(grad["params"]["actor"]["Dense_0"]["kernel"][budget]).sum()) > 0
