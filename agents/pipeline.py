@@ -85,6 +85,9 @@ class RecipeConfig:
     )
     ppo_episodes: int = _field(256, "PPO-Lagrangian: episodes per update.")
     ppo_learning_rate: float = _field(6e-4, "PPO-Lagrangian: step size (annealed to 0).")
+    multiplier_lr: float = _field(
+        0.1, "PPO-Lagrangian: dual ascent step of the multiplier, per unit of violation."
+    )
     seeds: int = _field(1, "Independent fine-tuning seeds (vmapped).")
     chunks: int = _field(4, "Checkpoints taken during fine-tuning.")
     reference_guided: bool = _field(True, "BoPO: boundary references in the baseline.")
@@ -145,7 +148,12 @@ class RecipeConfig:
                 f"ppo_episodes must be a multiple of {ppo_lag.PPOLagConfig.minibatches} "
                 "(the minibatches of an update)"
             )
-        for name in ("bc_learning_rate", "learning_rate", "ppo_learning_rate"):
+        for name in (
+            "bc_learning_rate",
+            "learning_rate",
+            "ppo_learning_rate",
+            "multiplier_lr",
+        ):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be finite and > 0, got {value!r}")
@@ -361,6 +369,7 @@ class Recipe:
             updates=c.updates,
             episodes=c.ppo_episodes,
             learning_rate=c.ppo_learning_rate,
+            multiplier_lr=c.multiplier_lr,
             cost_mode="usd",
             cost_target=c.cost_targets[0] * scale,
             cost_scale=scale,
