@@ -328,25 +328,30 @@ def plot(budget_rows: list[dict], cap_rows: list[dict], path: Path, suite: str) 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    # One colour per method in both panels (the cap sweep has no per-budget policies)
+    methods = dict.fromkeys(
+        r["method"].split(" (")[0]
+        for r in budget_rows + cap_rows
+        if r["method"] != "oracle"
+    )
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    colours["oracle"] = "black"
     for ax, rows, key, label in (
         (axes[0], budget_rows, "budget_usd", "strict budget per task (USD)"),
         (axes[1], cap_rows, "cap", "cap on expensive calls"),
     ):
-        methods = dict.fromkeys(
-            r["method"].split(" (")[0] for r in rows if r["method"] != "oracle"
-        )
-        for method in [*methods, "oracle"]:
+        for method in colours:
             mine = [r for r in rows if r["method"].split(" (")[0] == method]
             xs = sorted({r[key] for r in mine})
             if not xs:
                 continue
             ys = [np.mean([r["success"] for r in mine if r[key] == x]) for x in xs]
-            style = {"color": "black", "linewidth": 2} if method == "oracle" else {}
-            ax.plot(xs, ys, marker="o", label=method, **style)
+            width = 2 if method == "oracle" else 1.5
+            ax.plot(xs, ys, marker="o", label=method, color=colours[method], lw=width)
         ax.set_xlabel(label)
         ax.set_ylabel("success rate")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{suite}: held-out tasks under strict budgets and caps")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
