@@ -86,7 +86,7 @@ class RecipeConfig:
     ppo_episodes: int = _field(256, "PPO-Lagrangian: episodes per update.")
     ppo_learning_rate: float = _field(6e-4, "PPO-Lagrangian: step size (annealed to 0).")
     multiplier_lr: float = _field(
-        0.1, "PPO-Lagrangian: dual ascent step of the multiplier, per unit of violation."
+        0.5, "PPO-Lagrangian: dual ascent step of the multiplier, per unit of violation."
     )
     seeds: int = _field(1, "Independent fine-tuning seeds (vmapped).")
     chunks: int = _field(4, "Checkpoints taken during fine-tuning.")
