@@ -96,7 +96,9 @@ class RecipeConfig:
     cost_to_go: bool = _field(True, "BoPO: charge a step only the cost from it on.")
     warm_start: bool = _field(True, "Start fine-tuning from the cloned policy.")
     expensive_cap: int | None = _field(None, "Cap on expensive calls (preset default).")
-    budget_usd: float | None = _field(None, "Hard budget per task in USD, or none for no budget.")
+    budget_usd: float | None = _field(
+        None, "Hard budget per task in USD, or none for no budget."
+    )
     router: bool = _field(True, "Evaluate the per-step router baseline.")
     oracle: bool = _field(True, "Evaluate the oracle (sets frontier efficiency).")
 

@@ -449,10 +449,12 @@ def adapt_warm_start(
     policy = NetworkPolicy(params, normalizer, network, greedy=False)
     n = config.episodes
     features, valid = [], []
-    for env, key in zip(envs, jax.random.split(rng, len(envs))):
+    for env, key in zip(envs, jax.random.split(rng, len(envs)), strict=True):
         k_task, k_seed, k_roll = jax.random.split(key, 3)
         seeds = jax.random.bits(k_seed, (n,), jnp.uint32)
-        out = rollout(policy, env, _draw_tasks(k_task, tasks, n), seeds, k_roll, record=True)
+        out = rollout(
+            policy, env, _draw_tasks(k_task, tasks, n), seeds, k_roll, record=True
+        )
         features.append(networks.policy_features(out["trajectory"]["obs"]))
         valid.append(out["trajectory"]["valid"])
     fitted = _masked_normalizer(jnp.stack(features), jnp.stack(valid))

@@ -44,7 +44,9 @@ class EvaluateConfig:
     n_test_tasks: int = option(1024, "Held-out tasks.")
     eval_runs: int = option(2, "Episodes per held-out task.")
     expensive_cap: int | None = option(None, "Cap on expensive calls (preset default).")
-    budget_usd: float | None = option(None, "Hard budget per task in USD, or none for no budget.")
+    budget_usd: float | None = option(
+        None, "Hard budget per task in USD, or none for no budget."
+    )
     seed: int = option(0, "Seed of the episodes and of the router's training.")
     out_dir: str = option("runs/evaluate", "Folder for evaluation.json and frontier.png.")
 

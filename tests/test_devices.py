@@ -91,6 +91,7 @@ def test_finetune_shards_seeds_over_two_devices_with_unchanged_figures(tmp_path)
         np.testing.assert_allclose(sharded[name], single[name], rtol=1e-5, atol=1e-6)
     log = (tmp_path / "devices2.log").read_text()
     assert log.startswith("stage=finetune updates=2 success=")
+
     # Every figure but the throughput, which is wall-clock timing
     def figures(text):
         return re.sub(r" steps_per_s=\S+", "", text)

@@ -351,7 +351,7 @@ def test_a_warm_start_without_budgets_learns_to_read_them():
     as_seen = jnp.where(jnp.asarray(unseen), norm.mean, x)
     want = network.apply(params, pl.networks.normalize(norm, as_seen), mask)
     got = network.apply(new_params, pl.networks.normalize(new_norm, x), mask)
-    for w, g in zip(want, got):
+    for w, g in zip(want, got, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     # The budget feature now reaches the actor: its gradient there is not zero
     grad = jax.grad(
