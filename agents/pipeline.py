@@ -256,7 +256,7 @@ class Recipe:
                 + [k for k in settings if k in saved and saved[k] != settings[k]]
             )
             if diff:
-                raise ValueError(
+                raise RunFolderMismatch(
                     f"{path} was written by another configuration (fields {diff} "
                     "differ); use another --out-dir or drop --resume"
                 )
@@ -737,23 +737,36 @@ def lagrangian_line(m: dict) -> str:
     )
 
 
+class RunFolderError(Exception):
+    """A run folder that cannot be resumed as asked (the scripts report it as an error
+    message, not a traceback)."""
+
+
+class NothingToResume(RunFolderError, FileNotFoundError):
+    """``resume`` was asked for, and the folder holds no run."""
+
+
+class RunFolderMismatch(RunFolderError, ValueError):
+    """The folder's run was written under another configuration, or is unreadable."""
+
+
 def _read_run_config(path: Path) -> dict:
     """Return the configuration a run folder's ``config.json`` records; raise when
     there is none to resume from or it cannot be read."""
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NothingToResume(
             f"nothing to resume: {path} does not exist, so no run was started in "
             f"{path.parent}; check --out-dir, or drop --resume to start a new run"
         )
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise RunFolderMismatch(
             f"{path} is unreadable ({err}); cannot tell which configuration wrote the "
             "folder: use another --out-dir or drop --resume"
         ) from None
     if not isinstance(saved, dict):
-        raise ValueError(f"{path} does not hold a configuration (a JSON object)")
+        raise RunFolderMismatch(f"{path} does not hold a configuration (a JSON object)")
     return saved
 
 

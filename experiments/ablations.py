@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from agents.evaluate import CHEAP, EXPENSIVE, RANDOM, plot_frontiers
 from agents.pipeline import Recipe, RecipeConfig, score_all
-from experiments.cli import format_table, option, parse_config, write_json
+from experiments.cli import format_table, option, parse_config, run_main, write_json
 
 VARIANTS = {
     "BoPO": {},
@@ -156,4 +156,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -64,6 +64,28 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+def _prog() -> str:
+    """Return the command the script was run as (``python -m experiments.<name>``)."""
+    script = Path(sys.argv[0])
+    if script.parent.name == "experiments":
+        return f"python -m experiments.{script.stem}"
+    return script.name
+
+
+def run_main(main, argv=None) -> int:
+    """Run a script's ``main(argv)``; return its exit status. A run folder or checkpoint
+    that cannot be used as asked is reported in one line (status 2), as a bad flag is."""
+    from agents.checkpoint import CorruptCheckpointError, IncompatibleCheckpointError
+    from agents.pipeline import RunFolderError
+
+    try:
+        main(argv)
+    except (RunFolderError, IncompatibleCheckpointError, CorruptCheckpointError) as err:
+        print(f"{_prog()}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def parse_config(config_cls, argv=None, description: str | None = None):
     """Return an instance of ``config_cls`` built from command-line flags.
 
@@ -74,12 +96,8 @@ def parse_config(config_cls, argv=None, description: str | None = None):
     """
     # No abbreviations: the pre-parser below must see --config as this parser does, and
     # a shortened or mistyped flag is an error, never another flag
-    script = Path(sys.argv[0])
-    prog = script.name
-    if script.parent.name == "experiments":  # run as python -m experiments.<name>
-        prog = f"python -m experiments.{script.stem}"
     parser = argparse.ArgumentParser(
-        prog=prog,
+        prog=_prog(),
         description=description or config_cls.__doc__,
         allow_abbrev=False,
     )

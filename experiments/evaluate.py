@@ -32,7 +32,7 @@ from agents.evaluate import (
 )
 from agents.pipeline import RecipeConfig, env_params
 from envs.synthetic import PRESETS
-from experiments.cli import format_table, option, parse_config, write_json
+from experiments.cli import format_table, option, parse_config, run_main, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,4 +133,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main, sys.argv[1:]))

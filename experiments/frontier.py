@@ -29,10 +29,10 @@ import numpy as np
 
 from agents import metrics
 from agents.evaluate import CHEAP, EXPENSIVE, RANDOM, MethodResult
-from agents.pipeline import METHODS
+from agents.pipeline import METHODS, NothingToResume
 from envs.replay import REPLAY_SUITES
 from envs.synthetic import PRESETS
-from experiments.cli import format_table, parse_config, write_json
+from experiments.cli import format_table, parse_config, run_main, write_json
 from experiments.train import TrainConfig, run
 
 HEURISTICS = ("expensive-first-k", "escalate-on-error", "budget-pacing", "step-router")
@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
     folders = {s: Path(config.out_dir) / s for s in config.suites}
     started = {s for s, folder in folders.items() if (folder / "config.json").exists()}
     if config.resume and not started:
-        raise FileNotFoundError(
+        raise NothingToResume(
             f"nothing to resume: no suite of {', '.join(config.suites)} was started in "
             f"{config.out_dir}; check --out-dir, or drop --resume to start a new run"
         )
@@ -257,4 +257,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main, sys.argv[1:]))

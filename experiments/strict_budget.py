@@ -45,7 +45,7 @@ from agents.evaluate import (
 from agents.pipeline import Recipe
 from agents.policy import NetworkPolicy
 from envs.synthetic import PRESET_TARGETS, PRESETS
-from experiments.cli import format_table, option, parse_config, write_json
+from experiments.cli import format_table, option, parse_config, run_main, write_json
 from experiments.train import TrainConfig, make_recipe
 
 CONDITIONED = "budget-conditioned"
@@ -365,4 +365,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main, sys.argv[1:]))

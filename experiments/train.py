@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from agents.evaluate import plot_frontiers, summary_rows
 from agents.pipeline import Recipe, RecipeConfig
-from experiments.cli import format_table, parse_config, write_json
+from experiments.cli import format_table, parse_config, run_main, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,4 +131,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from experiments.ablations import AblationConfig
-from experiments.cli import load_config_file, parse_config
+from experiments.cli import load_config_file, parse_config, run_main
 from experiments.frontier import FrontierConfig
 from experiments.strict_budget import StrictBudgetConfig
 from experiments.train import TrainConfig
+from experiments.train import main as train_main
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
 
@@ -110,3 +111,17 @@ def test_nonsense_values_stop_the_parser_before_any_run(capsys, config_cls, argv
     with pytest.raises(SystemExit):
         parse_config(config_cls, argv)
     assert message in capsys.readouterr().err
+
+
+def test_run_main_reports_a_run_folder_problem_in_one_line(tmp_path, capsys):
+    # A resume into a folder with no run: a one-line error and status 2, no traceback
+    assert run_main(train_main, ["--resume", "true", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: nothing to resume:" in err
+    assert run_main(lambda argv: None) == 0
+
+    def broken(argv):
+        raise ValueError("a bug, not a bad run folder")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_main(broken)
