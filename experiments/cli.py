@@ -11,6 +11,9 @@ import types
 import typing
 from pathlib import Path
 
+from agents.checkpoint import CorruptCheckpointError, IncompatibleCheckpointError
+from agents.pipeline import RunFolderError
+
 
 def option(default, help: str, **kwargs):  # noqa: A002 (mirrors argparse)
     """Return a dataclass field with a default and the help text of its flag."""
@@ -75,9 +78,6 @@ def _prog() -> str:
 def run_main(main, argv=None) -> int:
     """Run a script's ``main(argv)``; return its exit status. A run folder or checkpoint
     that cannot be used as asked is reported in one line (status 2), as a bad flag is."""
-    from agents.checkpoint import CorruptCheckpointError, IncompatibleCheckpointError
-    from agents.pipeline import RunFolderError
-
     try:
         main(argv)
     except (RunFolderError, IncompatibleCheckpointError, CorruptCheckpointError) as err:
