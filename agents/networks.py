@@ -43,14 +43,23 @@ NORM_CLIP = 10.0
 """Normalised features are clipped to [-NORM_CLIP, NORM_CLIP]."""
 
 
-def n_policy_features(n_models: int, n_features: int, n_step_features: int) -> int:
+def n_policy_features(
+    n_models: int, n_features: int, n_step_features: int, privileged: bool = False
+) -> int:
     """Return the length of :func:`policy_features` for ``n_models`` models,
-    ``n_features`` task features and ``n_step_features`` per-step features."""
-    return 14 + 2 * n_models + n_features + n_step_features
+    ``n_features`` task features and ``n_step_features`` per-step features; with
+    ``privileged``, of observations holding ``latent_state`` (``privileged_state=True``
+    in the environment)."""
+    return (
+        14 + 2 * n_models + n_features + n_step_features + core.N_LATENT * bool(privileged)
+    )
 
 
-def policy_feature_names(n_models: int, n_features: int, n_step_features: int) -> list[str]:
-    """Return the name of each entry of :func:`policy_features`, in order."""
+def policy_feature_names(
+    n_models: int, n_features: int, n_step_features: int, privileged: bool = False
+) -> list[str]:
+    """Return the name of each entry of :func:`policy_features`, in order (``privileged``
+    as in :func:`n_policy_features`)."""
     names = ["budget_left", "spent"]
     names += [f"next_call_cost[{i}]" for i in range(n_models)]
     names += ["budget_fraction", "expensive_calls_left", "capped", "step", "steps_left"]
@@ -59,6 +68,8 @@ def policy_feature_names(n_models: int, n_features: int, n_step_features: int) -
     names += [f"feedback[{i}]" for i in range(core.N_FEEDBACK)]
     names += [f"task_features[{i}]" for i in range(n_features)]
     names += [f"step_features[{i}]" for i in range(n_step_features)]
+    if privileged:
+        names += [f"latent_state[{name}]" for name in core.LATENT_STATES]
     return names
 
 
@@ -89,7 +100,10 @@ def policy_features(obs: dict) -> jax.Array:
     - ``model_counts``, ``error_count``, ``progress_count``, ``calls_since_progress``
       divided by 50;
     - ``feedback`` one-hot (4 codes);
-    - ``task_features`` and ``step_features`` as they are.
+    - ``task_features`` and ``step_features`` as they are;
+    - ``latent_state`` as it is, only when the observation has it (the diagnostic
+      ``privileged_state`` option of the environment; ``n`` is then
+      ``n_policy_features(..., privileged=True)``).
 
     The action mask is not included: :class:`ActorCritic` applies it to the logits.
     """
@@ -117,6 +131,8 @@ def policy_features(obs: dict) -> jax.Array:
         f32("task_features"),
         f32("step_features"),
     ]
+    if "latent_state" in obs:
+        parts.append(f32("latent_state"))
     parts = [jnp.broadcast_to(p, batch + p.shape[-1:]) for p in parts]
     return jnp.concatenate(parts, axis=-1)
 

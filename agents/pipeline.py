@@ -101,6 +101,12 @@ class RecipeConfig:
     )
     router: bool = _field(True, "Evaluate the per-step router baseline.")
     oracle: bool = _field(True, "Evaluate the oracle (sets frontier efficiency).")
+    privileged_state: bool = _field(
+        False,
+        "Diagnostic: routers also observe the true latent state (on track, derailed, "
+        "lost), which a real router cannot see; measures the cost of partial "
+        "observability.",
+    )
 
     def __post_init__(self) -> None:
         from envs.replay import REPLAY_SUITES
@@ -190,7 +196,11 @@ def env_params(config: RecipeConfig, split: str):
     if cap is None and config.suite in PRESET_TARGETS:
         cap = PRESET_TARGETS[config.suite].expensive_cap
     return jax_env.params_from_suite(
-        suite, split, budget_usd=config.budget_usd, expensive_cap=cap
+        suite,
+        split,
+        budget_usd=config.budget_usd,
+        expensive_cap=cap,
+        privileged_state=config.privileged_state,
     ), suite
 
 

@@ -401,7 +401,10 @@ def _static_parts(config: PPOLagConfig, n_actions: int):
 
 def _n_features(params) -> int:
     return networks.n_policy_features(
-        params.n_models, params.features.shape[-1], params.step_features.shape[-1]
+        params.n_models,
+        params.features.shape[-1],
+        params.step_features.shape[-1],
+        privileged=params.privileged_state,
     )
 
 

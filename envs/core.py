@@ -183,11 +183,23 @@ OBS_SCALARS = (
 )
 """Observation keys holding one float each (shape ``(1,)``)."""
 
+LATENT_STATES = ("on_track", "derailed", "lost")
+"""The agent's latent state, in the order of the ``latent_state`` one-hot (only observed
+with ``privileged_state=True``). Lost wins over derailed: an agent both reads as lost."""
+N_LATENT = len(LATENT_STATES)
+"""Length of the ``latent_state`` one-hot."""
+
 
 def observation_space(
-    n_models: int, n_features: int, n_actions: int, n_step_features: int
+    n_models: int,
+    n_features: int,
+    n_actions: int,
+    n_step_features: int,
+    privileged_state: bool = False,
 ) -> gym.spaces.Dict:
-    """Return the ``Dict`` observation space of ``BudgetRoute-v0``."""
+    """Return the ``Dict`` observation space of ``BudgetRoute-v0``; with
+    ``privileged_state`` it also holds ``latent_state``, the one-hot of
+    :data:`LATENT_STATES`."""
     inf = np.float32(np.inf)
 
     def box(n: int = 1, low: float = 0.0, high: float = inf) -> gym.spaces.Box:
@@ -210,6 +222,8 @@ def observation_space(
         "calls_since_progress": box(),
         "action_mask": gym.spaces.MultiBinary(n_actions),
     }
+    if privileged_state:
+        spaces["latent_state"] = box(N_LATENT, high=1.0)
     return gym.spaces.Dict(spaces)
 
 
@@ -217,8 +231,15 @@ FLAT_LIMIT = 1e3
 """Unlimited budgets and caps (``inf``) appear as this value in flat observations."""
 
 
-def flat_size(n_models: int, n_features: int, n_actions: int, n_step_features: int) -> int:
-    """Return the length of a flat observation vector."""
+def flat_size(
+    n_models: int,
+    n_features: int,
+    n_actions: int,
+    n_step_features: int,
+    privileged_state: bool = False,
+) -> int:
+    """Return the length of a flat observation vector (with ``latent_state`` when
+    ``privileged_state``)."""
     return (
         len(OBS_SCALARS)
         + 2 * n_models
@@ -226,6 +247,7 @@ def flat_size(n_models: int, n_features: int, n_actions: int, n_step_features: i
         + n_step_features
         + N_FEEDBACK
         + n_actions
+        + N_LATENT * bool(privileged_state)
     )
 
 
@@ -234,13 +256,15 @@ def flatten_observation(obs, xp=np):
 
     Order: the scalar fields of :data:`OBS_SCALARS`, ``next_call_cost``,
     ``task_features``, ``step_features``, ``feedback`` one-hot, ``model_counts``,
-    ``action_mask``. Infinite values (no budget, no cap) become :data:`FLAT_LIMIT`.
-    Leading batch axes are kept.
+    ``action_mask``, then ``latent_state`` when the observation has it. Infinite values
+    (no budget, no cap) become :data:`FLAT_LIMIT`. Leading batch axes are kept.
     """
     parts = [obs[k] for k in OBS_SCALARS]
     parts += [obs["next_call_cost"], obs["task_features"], obs["step_features"]]
     fb = xp.asarray(obs["feedback"])[..., None] == xp.arange(N_FEEDBACK)
     parts += [fb.astype(xp.float32), obs["model_counts"]]
     parts += [xp.asarray(obs["action_mask"]).astype(xp.float32)]
+    if "latent_state" in obs:
+        parts += [obs["latent_state"]]
     flat = xp.concatenate([xp.asarray(p, dtype=xp.float32) for p in parts], axis=-1)
     return xp.minimum(flat, FLAT_LIMIT)

@@ -44,6 +44,10 @@ class BudgetRouteEnv(gym.Env):
             seed also splits and groups a replay suite's items).
         suite_kwargs: options of a replay suite, see :func:`envs.replay.replay_suite`
             (``session_items``, ``success_rule``, ``history``, ``data_dir``...).
+        privileged_state: a diagnostic, off by default: add ``latent_state`` to the
+            observation, the one-hot of the agent's true latent state (on track,
+            derailed, lost; lost wins over derailed). It reveals what a real router
+            cannot see, to measure the cost of partial observability.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -63,6 +67,7 @@ class BudgetRouteEnv(gym.Env):
         n_test: int = 2048,
         suite_seed: int = 0,
         suite_kwargs: dict | None = None,
+        privileged_state: bool = False,
         render_mode: str | None = None,
     ):
         self.suite = make_suite(suite, models, n_train, n_test, suite_seed, suite_kwargs)
@@ -73,12 +78,17 @@ class BudgetRouteEnv(gym.Env):
         check_cost_penalty(cost_penalty)
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        for name, flag in (("abort_action", abort_action), ("strict", strict)):
+        for name, flag in (
+            ("abort_action", abort_action),
+            ("strict", strict),
+            ("privileged_state", privileged_state),
+        ):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         self.cost_penalty = float(cost_penalty)
         self.abort_action = bool(abort_action)
         self.strict = bool(strict)
+        self.privileged_state = bool(privileged_state)
         self.render_mode = render_mode
 
         m = self.suite.n_models
@@ -96,7 +106,11 @@ class BudgetRouteEnv(gym.Env):
         self.abort_index = m if self.abort_action else None
         self.action_space = gym.spaces.Discrete(n_actions)
         self.observation_space = core.observation_space(
-            m, self.bank.n_features, n_actions, self.bank.n_step_features
+            m,
+            self.bank.n_features,
+            n_actions,
+            self.bank.n_step_features,
+            self.privileged_state,
         )
         self._ep = None
 
@@ -361,7 +375,7 @@ class BudgetRouteEnv(gym.Env):
             ],
             _F32,
         )
-        return {
+        obs = {
             "budget_left": values[0:1],
             "budget_fraction": values[1:2],
             "spent": values[2:3],
@@ -378,6 +392,11 @@ class BudgetRouteEnv(gym.Env):
             "calls_since_progress": values[8:9],
             "action_mask": np.array(ep.mask, np.int8),
         }
+        if self.privileged_state:
+            latent = np.zeros(core.N_LATENT, _F32)
+            latent[2 if ep.lost else int(ep.derailed)] = 1.0  # lost wins over derailed
+            obs["latent_state"] = latent
+        return obs
 
     def latent_state(self) -> dict:
         """Return the hidden state of the current episode (for analysis, not routing)."""

@@ -81,6 +81,9 @@ class EnvParams:
     """Reward is ``success - cost_penalty * cost``."""
     abort_action: bool = struct.field(pytree_node=False, default=False)
     """Whether the last action aborts the episode."""
+    privileged_state: bool = struct.field(pytree_node=False, default=False)
+    """Whether the observation holds ``latent_state``, the one-hot of the agent's true
+    latent state (a diagnostic: a real router cannot see it)."""
 
     @property
     def n_models(self) -> int:
@@ -142,6 +145,7 @@ def make_params(
     n_test: int = 2048,
     suite_seed: int = 0,
     suite_kwargs: dict | None = None,
+    privileged_state: bool = False,
 ) -> EnvParams:
     """Return the parameters of the twin for the same arguments as ``BudgetRouteEnv``."""
     suite = make_suite(suite, models, n_train, n_test, suite_seed, suite_kwargs)
@@ -153,6 +157,7 @@ def make_params(
         capped_models,
         cost_penalty,
         abort_action,
+        privileged_state,
     )
 
 
@@ -164,13 +169,22 @@ def params_from_suite(
     capped_models=None,
     cost_penalty: float = 0.0,
     abort_action: bool = False,
+    privileged_state: bool = False,
 ) -> EnvParams:
-    """Return the parameters of the twin for one split of a suite."""
+    """Return the parameters of the twin for one split of a suite.
+
+    ``privileged_state`` (a diagnostic, off by default) adds ``latent_state`` to the
+    observation: what a real router cannot see (see ``BudgetRouteEnv``).
+    """
     bank = suite.bank(split)
     dyn = suite.dynamics
     check_cost_penalty(cost_penalty)
-    if not isinstance(abort_action, (bool, np.bool_)):
-        raise TypeError(f"abort_action must be True or False, got {abort_action!r}")
+    for name, flag in (
+        ("abort_action", abort_action),
+        ("privileged_state", privileged_state),
+    ):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     b_lo, b_hi = parse_budget(budget_usd)
     c_lo, c_hi = parse_cap(expensive_cap)
     c_lo, c_hi = (min(int(c), NO_CAP) if np.isfinite(c) else NO_CAP for c in (c_lo, c_hi))
@@ -203,6 +217,7 @@ def params_from_suite(
         cap_high=jnp.asarray(c_hi, dtype=jnp.int32),
         cost_penalty=f32(cost_penalty),
         abort_action=bool(abort_action),
+        privileged_state=bool(privileged_state),
     )
 
 
@@ -496,7 +511,7 @@ def get_obs(state: EnvState, params: EnvParams) -> dict:
         jnp.inf,
         (state.cap - state.expensive_used).astype(jnp.float32),
     )
-    return {
+    obs = {
         "budget_left": f32(state.budget_left),
         "budget_fraction": f32(fraction),
         "spent": f32(state.spent),
@@ -515,3 +530,13 @@ def get_obs(state: EnvState, params: EnvParams) -> dict:
         "calls_since_progress": f32(state.calls_since_progress),
         "action_mask": action_mask(state, params).astype(jnp.int8),
     }
+    if params.privileged_state:
+        obs["latent_state"] = latent_state(state)
+    return obs
+
+
+def latent_state(state: EnvState) -> jax.Array:
+    """Return the one-hot of the agent's latent state over :data:`envs.core.LATENT_STATES`
+    (on track, derailed, lost; lost wins over derailed), float32 ``(3,)``."""
+    index = jnp.where(state.lost, 2, jnp.where(state.derailed, 1, 0))
+    return jax.nn.one_hot(index, core.N_LATENT, dtype=jnp.float32)

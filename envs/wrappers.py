@@ -11,7 +11,7 @@ from envs import core
 class FlatObservation(gym.ObservationWrapper):
     """Return observations as one ``float32`` vector (see
     :func:`envs.core.flatten_observation` for the order; ``inf`` becomes
-    :data:`envs.core.FLAT_LIMIT`)."""
+    :data:`envs.core.FLAT_LIMIT`; ``latent_state`` comes last when the env has it)."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -28,7 +28,8 @@ class FlatObservation(gym.ObservationWrapper):
         n_features = space["task_features"].shape[0]
         n_actions = space["action_mask"].n
         n_step = space["step_features"].shape[0]
-        size = core.flat_size(n_models, n_features, n_actions, n_step)
+        privileged = "latent_state" in space.spaces
+        size = core.flat_size(n_models, n_features, n_actions, n_step, privileged)
         self.observation_space = gym.spaces.Box(
             -core.FLAT_LIMIT, core.FLAT_LIMIT, shape=(size,), dtype=np.float32
         )

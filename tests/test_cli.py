@@ -125,3 +125,9 @@ def test_run_main_reports_a_run_folder_problem_in_one_line(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="a bug"):
         run_main(broken)
+
+
+def test_the_privileged_state_flag_is_off_unless_asked_for():
+    assert parse_config(TrainConfig, []).privileged_state is False
+    config = parse_config(TrainConfig, ["--privileged-state", "true"])
+    assert config.privileged_state is True

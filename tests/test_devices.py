@@ -34,7 +34,9 @@ config = RecipeConfig(
 lines = []
 recipe = Recipe(config, out + "-run", log=lines.append)
 p = recipe.train_params
-n = networks.n_policy_features(p.n_models, p.features.shape[-1], p.step_features.shape[-1])
+n = networks.n_policy_features(
+    p.n_models, p.features.shape[-1], p.step_features.shape[-1], p.privileged_state
+)
 store, bc_state = recipe.boundaries(), bc.init_state(recipe.bc_config(), n, 2)
 states = recipe.finetune(store, bc_state)
 leaves = jax.tree.leaves(states)

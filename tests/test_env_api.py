@@ -34,12 +34,19 @@ def test_make_without_prior_import_in_a_fresh_interpreter():
 DATA = Path("../shared/data/routellm")
 
 
+@pytest.mark.parametrize("privileged_state", [False, True])
 @pytest.mark.parametrize("env_id", list(envs.ENV_IDS))
-def test_registered_ids_pass_the_gymnasium_checker(env_id):
+def test_registered_ids_pass_the_gymnasium_checker(env_id, privileged_state):
     if envs.ENV_IDS[env_id]["suite"] in ("gsm8k", "mmlu") and not DATA.is_dir():
         pytest.skip("replay data not found at ../shared/data/routellm")
-    env = gym.make(env_id, budget_usd=(0.02, 0.2), abort_action=True)
+    env = gym.make(
+        env_id,
+        budget_usd=(0.02, 0.2),
+        abort_action=True,
+        privileged_state=privileged_state,
+    )
     check_env(env.unwrapped, skip_render_check=True)
+    assert ("latent_state" in env.observation_space.spaces) == privileged_state
 
 
 def test_check_env_with_default_options():
@@ -211,6 +218,64 @@ def test_flat_observation_wrapper_gives_one_finite_box():
     assert np.all(np.isfinite(obs)) and env.observation_space.contains(obs)
 
 
+OBS_KEYS = {
+    "budget_left", "budget_fraction", "spent", "expensive_calls_left", "step",
+    "steps_left", "next_call_cost", "task_features", "step_features", "feedback",
+    "model_counts", "error_count", "progress_count", "calls_since_progress",
+    "action_mask",
+}  # fmt: skip
+
+
+def test_privileged_state_off_leaves_the_observation_as_it_was():
+    env = make(n_train=16, n_test=8)
+    assert env.privileged_state is False
+    assert set(env.observation_space.spaces) == OBS_KEYS
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == OBS_KEYS
+    obs, *_ = env.step(1)
+    assert set(obs) == OBS_KEYS
+
+
+def test_privileged_state_adds_the_one_hot_latent_state():
+    plain = make(suite="science", budget_usd=0.3)
+    env = make(suite="science", budget_usd=0.3, privileged_state=True)
+    space = env.observation_space["latent_state"]
+    assert isinstance(space, gym.spaces.Box) and space.dtype == np.float32
+    assert space.shape == (3,) and np.all(space.low == 0) and np.all(space.high == 1)
+    seen = np.zeros(3, int)
+    for seed in range(20):
+        obs_plain, _ = plain.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
+        done = False
+        while True:
+            assert set(obs) == OBS_KEYS | {"latent_state"}
+            for k, v in obs_plain.items():  # everything else is unchanged
+                np.testing.assert_array_equal(v, obs[k], err_msg=k)
+            latent = env.latent_state()
+            expected = 2 if latent["lost"] else int(latent["derailed"])
+            np.testing.assert_array_equal(obs["latent_state"], np.eye(3)[expected])
+            assert obs["latent_state"].dtype == np.float32
+            seen[expected] += 1
+            if done:
+                break
+            action = seed % 2
+            obs_plain, *_ = plain.step(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    assert np.all(seen > 0), seen
+
+
+def test_flat_observation_ends_with_the_latent_state():
+    plain = envs.FlatObservation(make(n_train=16, n_test=8))
+    env = envs.FlatObservation(make(n_train=16, n_test=8, privileged_state=True))
+    assert env.observation_space.shape == (plain.observation_space.shape[0] + 3,)
+    flat_plain, _ = plain.reset(seed=0)
+    flat, _ = env.reset(seed=0)
+    assert env.observation_space.contains(flat)
+    np.testing.assert_array_equal(flat[:-3], flat_plain)
+    np.testing.assert_array_equal(flat[-3:], [1.0, 0.0, 0.0])  # on track at the start
+
+
 def test_four_model_pool_orders_actions_by_price():
     pool = ("gpt-4.1-nano", "gpt-4.1-mini", "gpt-4.1", "claude-opus-4")
     env = make(models=pool, budget_usd=0.02)
@@ -338,7 +403,7 @@ def test_reset_options_take_one_value_not_a_range(options, match):
         env.reset(seed=0, options=options)
 
 
-@pytest.mark.parametrize("flag", ["abort_action", "strict"])
+@pytest.mark.parametrize("flag", ["abort_action", "strict", "privileged_state"])
 def test_flags_must_be_booleans(flag):
     with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'no'"):
         make(**{flag: "no"})

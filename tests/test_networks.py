@@ -207,3 +207,37 @@ def test_normalizer_merge_equals_numpy_statistics():
     # A fresh normaliser leaves features unchanged
     fresh = networks.RunningNormalizer.create(3)
     np.testing.assert_allclose(networks.normalize(fresh, jnp.ones(3)), 1.0, rtol=1e-6)
+
+
+def test_features_end_with_the_latent_state_when_privileged():
+    params = jax_env.make_params(
+        n_train=32, n_test=8, budget_usd=0.1, privileged_state=True
+    )
+    sizes = (params.n_models, params.features.shape[1], params.step_features.shape[-1])
+    n_plain = networks.n_policy_features(*sizes)
+    n = networks.n_policy_features(*sizes, privileged=True)
+    names = networks.policy_feature_names(*sizes, privileged=True)
+    assert n == n_plain + 3 == len(names)
+    assert names[:-3] == networks.policy_feature_names(*sizes)
+    assert names[-3:] == [
+        "latent_state[on_track]",
+        "latent_state[derailed]",
+        "latent_state[lost]",
+    ]
+    keys = jax.random.split(jax.random.key(0), 16)
+    obs, state = jax.vmap(jax_env.reset, in_axes=(0, None))(keys, params)
+    step = jax.jit(jax.vmap(jax_env.step, in_axes=(0, 0, None, None)))
+    for t in range(4):
+        obs, state, *_ = step(jax.random.split(jax.random.key(t + 1), 16), state, 1, params)
+    feats = np.asarray(jax.jit(networks.policy_features)(obs))
+    assert feats.shape == (16, n)
+    np.testing.assert_array_equal(feats[:, -3:], obs["latent_state"])
+    plain = {k: v for k, v in obs.items() if k != "latent_state"}
+    np.testing.assert_array_equal(feats[:, :-3], networks.policy_features(plain))
+
+    env = gym.make("BudgetRoute-v0", n_train=32, n_test=8, privileged_state=True)
+    gym_obs, _ = env.reset(seed=0)
+    gym_feats = np.asarray(networks.policy_features(gym_obs))
+    assert gym_feats.shape == (n,)
+    np.testing.assert_array_equal(gym_feats[-3:], [1.0, 0.0, 0.0])
+    env.close()

@@ -358,3 +358,15 @@ def test_a_warm_start_without_budgets_learns_to_read_them():
         lambda p: network.apply(p, pl.networks.normalize(new_norm, x), mask)[0].sum()
     )(new_params)
     assert float(jnp.abs(grad["params"]["actor"]["Dense_0"]["kernel"][budget]).sum()) > 0
+
+
+def test_a_privileged_router_reads_three_more_features():
+    config = pl.PPOLagConfig(episodes=8, minibatches=2, hidden_sizes=(8,))
+    params = jax_env.make_params("household", n_train=16, n_test=8, privileged_state=True)
+    sizes = (params.n_models, params.features.shape[-1], params.step_features.shape[-1])
+    width = pl.networks.n_policy_features(*sizes) + 3
+    # the normaliser is fitted on a rollout's features: they have the latent state too
+    state = pl.init_state(config, params, jax.random.key(0))
+    assert state.normalizer.mean.shape == (width,)
+    kernel = state.params["actor_critic"]["params"]["actor"]["Dense_0"]["kernel"]
+    assert kernel.shape == (width, 8)

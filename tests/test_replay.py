@@ -597,6 +597,33 @@ def test_feedback_flag_shows_right_and_wrong_answers(fixture_suite):
         assert obs["feedback"] == (core.FEEDBACK_PROGRESS if right else core.FEEDBACK_ERROR)
 
 
+def test_privileged_state_reads_lost_after_a_wrong_answer(fixture_suite):
+    # Replay sessions never derail; under the "all" rule a wrong answer loses the task
+    suite = fixture_suite("gsm8k", session_items=5)
+    env = gym.make("BudgetRoute-v0", suite=suite, split="train", privileged_state=True)
+    bank = env.unwrapped.bank
+    lost_seen = False
+    for task in range(bank.n_tasks):
+        obs, _ = env.reset(seed=task, options={"task": task})
+        np.testing.assert_array_equal(obs["latent_state"], [1.0, 0.0, 0.0])
+        for item in range(5):
+            obs, *_ = env.step(0)
+            wrong = not bank.p_success[task, : item + 1, 0].all()
+            expected = [0.0, 0.0, 1.0] if wrong else [1.0, 0.0, 0.0]
+            np.testing.assert_array_equal(obs["latent_state"], expected)
+            lost_seen |= wrong
+    assert lost_seen
+    # Under the "share" rule a wrong answer loses nothing: always on track
+    suite = fixture_suite("gsm8k", session_items=5, success_rule="share")
+    env = gym.make("BudgetRoute-v0", suite=suite, split="train", privileged_state=True)
+    env.reset(seed=0, options={"task": 0})
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(0)
+        np.testing.assert_array_equal(obs["latent_state"], [1.0, 0.0, 0.0])
+        done = terminated or truncated
+
+
 # ------------------------------------------------------------------ full data
 @needs_full_data
 def test_fixture_is_a_cut_of_the_shared_data():
