@@ -260,9 +260,17 @@ class Recipe:
         current = {**config, **settings}
         if self.resume:
             saved = _read_run_config(path)
-            # A setting the folder did not record was never used there (another script)
+            # A field the folder did not record is newer than its run, which therefore
+            # ran at the field's default; a setting it did not record was never used
+            # there (another script)
+            defaults = {
+                f.name: f.default
+                for f in dataclasses.fields(self.config)
+                if f.default is not dataclasses.MISSING
+            }
+            defaults = json.loads(json.dumps(defaults))
             diff = sorted(
-                [k for k in config if saved.get(k) != config[k]]
+                [k for k in config if saved.get(k, defaults.get(k)) != config[k]]
                 + [k for k in settings if k in saved and saved[k] != settings[k]]
             )
             if diff:

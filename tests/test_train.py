@@ -149,3 +149,28 @@ def test_resume_refuses_other_settings_of_the_calling_script(tmp_path):
     other = tmp_path / "train-run"
     pipeline.Recipe(SMALL, other)
     pipeline.Recipe(SMALL, other, resume=True, settings={"train_budgets": [0.5, 2.0]})
+
+
+def test_resume_reads_a_field_the_folder_did_not_record_as_its_default(tmp_path):
+    # A folder written before a config field existed ran at that field's default
+    pipeline.Recipe(SMALL, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["privileged_state"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    pipeline.Recipe(SMALL, tmp_path, resume=True)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    other = pipeline.RecipeConfig(**{**vars(SMALL), "privileged_state": True})
+    with pytest.raises(ValueError, match=r"another configuration.*\['privileged_state'\]"):
+        pipeline.Recipe(other, tmp_path, resume=True)
+
+
+def test_privileged_state_reaches_the_twin_of_both_splits(tmp_path):
+    recipe = pipeline.Recipe(SMALL, tmp_path / "plain")
+    assert not recipe.train_params.privileged_state
+    assert not recipe.test_params.privileged_state
+    config = train.TrainConfig(
+        **{**vars(SMALL), "privileged_state": True, "out_dir": str(tmp_path)}
+    )
+    recipe = train.make_recipe(config, log=lambda line: None)
+    assert recipe.train_params.privileged_state and recipe.test_params.privileged_state
+    assert json.loads((tmp_path / "config.json").read_text())["privileged_state"] is True
