@@ -491,10 +491,12 @@ class Recipe:
         budgets: tuple[float, float],
         caps: tuple[int, int],
         budget_target: float = 1.0,
+        updates: int | None = None,
     ) -> FinetuneRun:
         """Return the training of one router for every budget: PPO-Lagrangian from the
         cloned policy, every training episode under a hard budget drawn uniformly from
-        ``budgets`` (USD) and a cap on expensive calls drawn from ``caps``.
+        ``budgets`` (USD) and a cap on expensive calls drawn from ``caps``, for
+        ``updates`` updates (None: the config's ``updates``).
 
         The constraint bounds the mean share of each episode's budget that is spent
         (``budget_target``; at 1 the hard budget alone binds, through budget-constrained
@@ -508,7 +510,13 @@ class Recipe:
             cap_high=jnp.int32(caps[1]),
         )
         return self._budget_run(
-            store, bc_state, budget_target, "budget_target", (budget_target,), [params]
+            store,
+            bc_state,
+            budget_target,
+            "budget_target",
+            (budget_target,),
+            [params],
+            updates,
         )
 
     def per_budget_run(
@@ -535,14 +543,16 @@ class Recipe:
             store, bc_state, budget_target, "budget", tuple(budgets), variants
         )
 
-    def _budget_run(self, store, bc_state, target, knob, values, variants):
+    def _budget_run(self, store, bc_state, target, knob, values, variants, updates=None):
         """Return PPO-Lagrangian in budget-fraction mode, batched over (seeds,
-        ``variants``: the twin's parameters of each knob value)."""
+        ``variants``: the twin's parameters of each knob value), for ``updates`` updates
+        (None: the config's)."""
         cfg = dataclasses.replace(
             self.ppo_config(store),
             cost_mode="budget_fraction",
             cost_target=float(target),
             cost_scale=0.0,
+            updates=self.config.updates if updates is None else updates,
         )
         tasks = jnp.asarray(store.tasks, jnp.int32)
         # The warm start never saw a budget: make it read the budgets it will train under

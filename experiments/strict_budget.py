@@ -5,7 +5,8 @@ On the run folder's boundary rollouts and warm start (built, or reused with
 
 - the budget-conditioned router: PPO-Lagrangian from the cloned policy, each training
   episode under a hard budget drawn from ``--train-budgets`` and a cap on expensive
-  calls drawn from 1 to the horizon (a cap as large as the horizon never binds);
+  calls drawn from 1 to the horizon (a cap as large as the horizon never binds), for
+  ``--conditioned-updates`` updates (by default ``--updates``);
 - with ``--per-budget``, one policy per budget of the sweep, trained only under it.
 
 Then, on held-out tasks, under each strict budget of ``--budgets`` (with the preset's
@@ -74,6 +75,11 @@ class StrictBudgetConfig(TrainConfig):
         1.0, "Mean share of its budget an episode may spend (1: the hard budget alone)."
     )
     per_budget: bool = option(True, "Also train one policy for each budget of the sweep.")
+    conditioned_updates: int | None = option(
+        None,
+        "Updates of the budget-conditioned router (none: --updates, as many as each "
+        "per-budget policy gets).",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,6 +98,9 @@ class StrictBudgetConfig(TrainConfig):
         for i, c in enumerate(self.caps):
             if isinstance(c, bool) or not isinstance(c, int) or c < 0:
                 raise ValueError(f"caps[{i}] must be an integer >= 0, got {c!r}")
+        n = self.conditioned_updates
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"conditioned_updates must be an integer >= 1, got {n!r}")
         if not np.isfinite(self.budget_target) or self.budget_target <= 0:
             raise ValueError(f"budget_target must be > 0, got {self.budget_target!r}")
 
@@ -208,7 +217,12 @@ def run(config: StrictBudgetConfig, log=print) -> dict:
         CONDITIONED: recipe.train_in_chunks(
             "finetune-budget-conditioned",
             recipe.budget_conditioned_run(
-                store, bc_state, (low, high), (1, horizon), config.budget_target
+                store,
+                bc_state,
+                (low, high),
+                (1, horizon),
+                config.budget_target,
+                config.conditioned_updates,
             ),
         )
     }

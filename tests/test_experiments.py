@@ -165,9 +165,8 @@ def test_a_resumed_frontier_starts_the_suites_it_had_not_reached(tmp_path, monke
 
 
 def test_strict_budget_never_overspends_and_checks_every_budget(tmp_path):
-    out = strict_budget.main(
-        [*TINY_RECIPE, "--budgets", "0.5,0.9", "--caps", "3", "--out-dir", str(tmp_path)]
-    )
+    flags = ["--budgets", "0.5,0.9", "--caps", "3", "--conditioned-updates", "6"]
+    out = strict_budget.main([*TINY_RECIPE, *flags, "--out-dir", str(tmp_path)])
     rows, checks = out["budget_rows"], out["checks"]
     methods = {r["method"].split(" (")[0] for r in rows}
     assert methods == {
@@ -185,6 +184,10 @@ def test_strict_budget_never_overspends_and_checks_every_budget(tmp_path):
     saved = json.loads((tmp_path / "strict_budget.json").read_text())
     assert saved["budget_rows"] == json.loads(json.dumps(rows))
     assert (tmp_path / "strict_budget.png").is_file()
+    # The conditioned router trains for its own number of updates, the others for --updates
+    for name, updates in (("budget-conditioned", 6), ("per-budget", 2)):
+        lines = (tmp_path / f"finetune-{name}.jsonl").read_text().splitlines()
+        assert max(json.loads(line)["update"] for line in lines) == updates
 
 
 def test_ablations_run_each_variant_on_shared_references(tmp_path):
