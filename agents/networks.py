@@ -189,7 +189,20 @@ def normalize(norm: RunningNormalizer, x: jax.Array, eps: float = 1e-8) -> jax.A
     """Return ``x`` standardised by the running statistics, clipped to +-:data:`NORM_CLIP`.
 
     A feature that never varied (variance 0) comes out as 0 where it equals its mean.
+    Features of another length than the statistics' raise ``ValueError`` (a policy
+    trained with or without ``privileged_state`` run on the other kind of observation).
     """
+    n, seen = jnp.shape(x)[-1], norm.mean.shape[-1]
+    if n != seen:
+        hint = ""
+        if abs(n - seen) == core.N_LATENT:
+            hint = (
+                f" ({core.N_LATENT} apart: the length of latent_state; was the policy "
+                "trained with another privileged_state than this environment's?)"
+            )
+        raise ValueError(
+            f"features have {n} entries but the normaliser was fitted on {seen}{hint}"
+        )
     z = (jnp.asarray(x, jnp.float32) - norm.mean) / jnp.sqrt(norm.var + eps)
     return jnp.clip(z, -NORM_CLIP, NORM_CLIP)
 

@@ -241,3 +241,13 @@ def test_features_end_with_the_latent_state_when_privileged():
     assert gym_feats.shape == (n,)
     np.testing.assert_array_equal(gym_feats[-3:], [1.0, 0.0, 0.0])
     env.close()
+
+
+def test_features_of_another_length_than_the_normaliser_are_named():
+    norm = networks.RunningNormalizer.create(26)
+    with pytest.raises(ValueError, match=r"29 entries but .* fitted on 26 \(3 apart"):
+        networks.normalize(norm, jnp.zeros((4, 29)))
+    with pytest.raises(
+        ValueError, match=r"25 entries but the normaliser was fitted on 26$"
+    ):
+        networks.normalize(norm, jnp.zeros(25))
