@@ -22,16 +22,24 @@ def option(default, help: str, **kwargs):  # noqa: A002 (mirrors argparse)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+def _named(parse, name: str):
+    """Give a flag's parser the name argparse shows in "invalid <name> value"."""
+    parse.__name__ = name
+    return parse
+
+
 def _parser_for(tp):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         base = _parser_for(inner[0])
-        return lambda s: None if s.lower() in ("none", "") else base(s)
+        parse = lambda s: None if s.lower() in ("none", "") else base(s)  # noqa: E731
+        return _named(parse, f"{base.__name__} or none")
     if origin in (tuple, list):
         base = _parser_for(args[0]) if args else str
-        return lambda s: tuple(base(x) for x in s.split(",") if x.strip())
+        parse = lambda s: tuple(base(x) for x in s.split(",") if x.strip())  # noqa: E731
+        return _named(parse, f"comma-separated {base.__name__}")
     if tp is bool:
         return _parse_bool
     return tp

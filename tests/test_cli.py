@@ -105,6 +105,14 @@ def test_a_shortened_flag_is_refused_never_read_as_another(tmp_path, capsys, fla
         (FrontierConfig, ["--suites", "apps,apps"], "suites needs distinct suites"),
         (AblationConfig, ["--variants", "BoPO,BoPO"], "each variant at most once"),
         (StrictBudgetConfig, ["--train-budgets", "0.25,inf"], "0 < low < high < inf"),
+        (StrictBudgetConfig, ["--conditioned-updates", "0"], "conditioned_updates must"),
+        # A value of the wrong type is named with the type the flag reads
+        (
+            StrictBudgetConfig,
+            ["--conditioned-updates", "abc"],
+            "--conditioned-updates: invalid int or none value: 'abc'",
+        ),
+        (TrainConfig, ["--lams", "0.1,x"], "invalid comma-separated float value"),
     ],
 )
 def test_nonsense_values_stop_the_parser_before_any_run(capsys, config_cls, argv, message):
